@@ -1,0 +1,131 @@
+"""`Captioner`: pixels in, words + per-word attention maps out. The public inference API.
+
+    cap = Captioner.load("assets/weights/soft")
+    out = cap.caption(Image.open("photo.jpg"), beam_size=3)
+    out.words, out.attention.shape  # ['a', 'red', 'circle'], (T, h, w) with T = len(words) + 1 (<end>)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import ModelConfig
+from .encoder import Encoder, create_encoder, load_image, preprocess
+from .model import CaptionModel
+from .search import Hypothesis, decode
+from .vocab import END, Vocab
+from .weights import CARD_FILE, load_into, read_weights
+
+
+@dataclass
+class Caption:
+    words: list[str]
+    """The caption's words (no <end>)."""
+    tokens: list[str]
+    """Every generated token: words, then "<end>" when the model ended the caption."""
+    attention: np.ndarray
+    """(T, h, w) float32 attention map for each token in `tokens`; each map sums to 1."""
+    token_probs: list[float]
+    """p(token | previous tokens, image) for each token."""
+    logprob: float
+    """Total log-probability of `tokens`."""
+    score: float
+    """The search's ranking score (logprob, length-normalised when asked)."""
+    text: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text = " ".join(self.words)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "words": self.words, "tokens": self.tokens,
+                "token_probs": self.token_probs, "logprob": self.logprob, "score": self.score,
+                "attention": self.attention.round(5).tolist()}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Captioner:
+    """Encoder + caption model + vocabulary, loaded once and reused for every request."""
+
+    def __init__(self, *, encoder: Encoder, model: CaptionModel, vocab: Vocab,
+                 metrics: dict[str, Any] | None = None, card: str = "", source: str = "",
+                 device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.encoder = encoder.to(self.device).eval()
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.metrics = metrics or {}
+        self.card = card
+        self.source = source
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: torch.device | str | None = None) -> "Captioner":
+        """Load a weights folder (safetensors + JSON); raises WeightsError naming what is wrong."""
+        tensors, config, vocab, metrics = read_weights(path)
+        encoder = create_encoder(config.encoder, feature_map=config.feature_map,
+                                 finetune_blocks=config.finetune_blocks)
+        model = CaptionModel(config, tail=encoder.tail)
+        load_into(model, tensors, source=str(path))
+        card_path = Path(path) / CARD_FILE
+        card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+        return cls(encoder=encoder, model=model, vocab=vocab, metrics=metrics, card=card,
+                   source=str(path), device=device)
+
+    def pixels(self, images: Sequence[Any]) -> torch.Tensor:
+        """Images (PIL / path / bytes) → (B, 3, S, S) normalised tensor. Raises ImageError."""
+        cfg = self.config
+        return torch.stack([preprocess(load_image(im), image_size=cfg.image_size, resize=cfg.resize)
+                            for im in images])
+
+    @torch.inference_mode()
+    def caption_batch(self, images: Sequence[Any], *, mode: str = "beam", beam_size: int = 3,
+                      max_len: int | None = None, temperature: float = 1.0, length_alpha: float = 0.0,
+                      seed: int | None = None) -> list[Caption]:
+        """Caption several images in one batch. Every image must be readable (see `caption`)."""
+        if len(images) == 0:
+            return []
+        x = self.pixels(images).to(self.device)
+        fmap = self.encoder.encode_trunk(x)  # (B, C, h, w)
+        return self.caption_features(fmap, mode=mode, beam_size=beam_size, max_len=max_len,
+                                     temperature=temperature, length_alpha=length_alpha, seed=seed)
+
+    @torch.inference_mode()
+    def caption_features(self, fmap: torch.Tensor, *, mode: str = "beam", beam_size: int = 3,
+                         max_len: int | None = None, temperature: float = 1.0,
+                         length_alpha: float = 0.0, seed: int | None = None) -> list[Caption]:
+        """Caption from encoder-trunk feature maps (B, C, h, w), e.g. read from the feature cache."""
+        cfg = self.config
+        max_len = cfg.max_len if max_len is None else max_len
+        if not 1 <= max_len <= 100:
+            raise ValueError(f"max_len must be in [1, 100], got {max_len}")
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        feats = self.model.annotations(fmap.to(self.device, torch.float32))  # (B, L, D)
+        hyps = decode(self.model.decoder, feats, mode=mode, beam_size=beam_size, max_len=max_len,
+                      temperature=temperature, length_alpha=length_alpha, generator=gen,
+                      pad_id=self.vocab.pad_id, start_id=self.vocab.start_id, end_id=self.vocab.end_id)
+        return [self._to_caption(hyp, cfg.grid) for hyp in hyps]
+
+    def _to_caption(self, hyp: Hypothesis, grid: tuple[int, int]) -> Caption:
+        tokens = [self.vocab.itos[i] for i in hyp.tokens]
+        words = tokens[:-1] if tokens and tokens[-1] == END else tokens
+        att = hyp.alphas.numpy().astype(np.float32).reshape(len(tokens), *grid)  # (T, h, w)
+        return Caption(words=words, tokens=tokens, attention=att,
+                       token_probs=[float(np.exp(lp)) for lp in hyp.token_logprobs],
+                       logprob=hyp.logprob, score=hyp.score)
+
+    def caption(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> Caption:
+        """Caption one image (PIL image, path or encoded bytes). Raises ImageError if unreadable."""
+        return self.caption_batch([image], **kwargs)[0]

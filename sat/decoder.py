@@ -1,0 +1,134 @@
+"""Caption decoders: one interface, used by training (teacher forcing) and by search (step by step).
+
+The interface every decoder implements:
+
+    memory = dec.prepare(feats)                   # per image, once:  dict of (B, ...) tensors
+    state  = dec.init_state(memory)               # tuple of (B, ...) tensors
+    logits, alpha, state = dec.step(tokens, state, memory)   # one word: (B, V), (B, L)
+    logits, alphas = dec(feats, inputs)           # teacher forcing: (B, T, V), (B, T, L)
+
+Memory and state hold only batch-first tensors, so search can expand and reorder beams with one
+`index_select` without knowing which decoder it drives.
+
+LSTM decoder, Xu et al. 2015 §3.1.2 and §4.2.1:
+    h_0 = tanh(f_init,h(mean_i a_i)),  c_0 = tanh(f_init,c(mean_i a_i))                 (§3.1.2)
+    ẑ_t = β_t · Σ_i α_ti a_i,  β_t = σ(f_β(h_{t-1}))                                    (§4.2.1)
+    i_t, f_t, o_t, g_t = LSTM(E y_{t-1}, h_{t-1}, ẑ_t)                                  (eq. 1–3)
+    p(y_t | a, y_<t) ∝ exp(L_o tanh(E y_{t-1} + L_h h_t + L_z ẑ_t))                     (eq. 7, deep output)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .attention import create_attention
+from .config import ModelConfig
+
+Memory = dict[str, torch.Tensor]
+State = tuple[torch.Tensor, ...]
+
+
+class Decoder(nn.Module):
+    """Base class: subclasses implement prepare / init_state / step (and may speed up forward)."""
+
+    def prepare(self, feats: torch.Tensor) -> Memory:
+        raise NotImplementedError
+
+    def init_state(self, memory: Memory) -> State:
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, state: State,
+             memory: Memory) -> tuple[torch.Tensor, torch.Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, feats: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: feats (B, L, D), inputs (B, T) → logits (B, T, V), alphas (B, T, L)."""
+        memory = self.prepare(feats)
+        state = self.init_state(memory)
+        logits, alphas = [], []
+        for t in range(inputs.size(1)):
+            lg, a, state = self.step(inputs[:, t], state, memory)
+            logits.append(lg)
+            alphas.append(a)
+        return torch.stack(logits, 1), torch.stack(alphas, 1)
+
+
+class LSTMDecoder(Decoder):
+    """The paper's LSTM with attention, gating scalar and deep output layer."""
+
+    def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, decoder_dim: int,
+                 attention: str, attention_dim: int, dropout: float, gate: bool):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)                            # E
+        self.attention = create_attention(attention, encoder_dim=encoder_dim,
+                                          decoder_dim=decoder_dim, attention_dim=attention_dim)
+        self.init_h = nn.Linear(encoder_dim, decoder_dim)
+        self.init_c = nn.Linear(encoder_dim, decoder_dim)
+        self.gate = nn.Linear(decoder_dim, 1) if gate else None                    # f_β
+        self.cell = nn.LSTMCell(embed_dim + encoder_dim, decoder_dim)
+        self.out_h = nn.Linear(decoder_dim, embed_dim)                             # L_h
+        self.out_z = nn.Linear(encoder_dim, embed_dim, bias=False)                 # L_z
+        self.out = nn.Linear(embed_dim, vocab_size)                                 # L_o
+        self.drop = nn.Dropout(dropout)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+
+    def prepare(self, feats: torch.Tensor) -> Memory:
+        return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
+
+    def init_state(self, memory: Memory) -> State:
+        mean = memory["feats"].mean(dim=1)  # (B, D)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, n) each
+
+    def _advance(self, emb: torch.Tensor, state: State, memory: Memory):
+        """One recurrence step: emb (B, m) → new (h, c), context ẑ_t (B, D), alpha (B, L)."""
+        h, c = state
+        context, alpha = self.attention(memory["feats"], memory["keys"], h)
+        if self.gate is not None:
+            context = torch.sigmoid(self.gate(h)) * context  # β_t ẑ_t, β_t: (B, 1)
+        h, c = self.cell(torch.cat([emb, context], dim=-1), (h, c))
+        return (h, c), context, alpha
+
+    def _logits(self, emb: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Deep output layer; works on (B, m) or (B, T, m) alike."""
+        x = torch.tanh(emb + self.out_h(self.drop(h)) + self.out_z(context))
+        return self.out(self.drop(x))
+
+    def step(self, tokens, state, memory):
+        emb = self.embed(tokens)  # (B, m)
+        state, context, alpha = self._advance(emb, state, memory)
+        return self._logits(emb, state[0], context), alpha, state
+
+    def forward(self, feats, inputs):
+        # NOTE: only the recurrence runs step by step; the (large) output projection runs once
+        # over all steps, and the batch is never shrunk or re-sorted (padding is masked in the loss).
+        memory = self.prepare(feats)
+        state = self.init_state(memory)
+        emb = self.embed(inputs)  # (B, T, m)
+        hs, zs, alphas = [], [], []
+        for t in range(inputs.size(1)):
+            state, context, alpha = self._advance(emb[:, t], state, memory)
+            hs.append(state[0])
+            zs.append(context)
+            alphas.append(alpha)
+        h = torch.stack(hs, 1)  # (B, T, n)
+        z = torch.stack(zs, 1)  # (B, T, D)
+        return self._logits(emb, h, z), torch.stack(alphas, 1)  # (B, T, V), (B, T, L)
+
+
+_REGISTRY: dict[str, Callable[[ModelConfig], Decoder]] = {
+    "lstm": lambda cfg: LSTMDecoder(
+        vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
+        decoder_dim=cfg.decoder_dim, attention=cfg.attention, attention_dim=cfg.attention_dim,
+        dropout=cfg.dropout, gate=cfg.gate),
+}
+
+
+def create_decoder(config: ModelConfig) -> Decoder:
+    """Build the decoder a config names."""
+    if config.vocab_size < 5:
+        raise ValueError(f"vocab_size must be ≥ 5 (4 special tokens + words), got {config.vocab_size}")
+    if config.decoder not in _REGISTRY:
+        raise ValueError(f"unknown decoder {config.decoder!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[config.decoder](config)

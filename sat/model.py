@@ -1,0 +1,57 @@
+"""CaptionModel: the trainable part (encoder tail + decoder) and its training objective.
+
+The loss is the paper's eq. (14) for soft attention:
+
+    L_d = −Σ_t log p(y_t | a, y_<t) + λ Σ_i (1 − Σ_t α_ti)²
+
+The first term is averaged over real tokens only (padding carries no loss); the second, the
+doubly stochastic regulariser (§4.2.1), pushes the model to look at every part of the image over
+the course of the caption, and is summed over real steps only.
+
+The training loop sees only `loss(...)`, so it works with any decoder the registry builds.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .decoder import create_decoder
+
+
+class CaptionModel(nn.Module):
+    """Encoder tail (fine-tuned blocks, often empty) + decoder.
+
+    Input is the encoder *trunk* feature map (B, C, h, w) — what the feature cache stores — so
+    training from the cache and captioning from pixels share one path.
+    """
+
+    def __init__(self, config: ModelConfig, *, tail: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.tail = tail if tail is not None else nn.Sequential()
+        self.decoder = create_decoder(config)
+
+    def annotations(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Trunk map (B, C, h, w) → annotation vectors (B, L, D); zeros for the blind baseline."""
+        x = self.tail(fmap)  # (B, D, h, w)
+        x = x.flatten(2).transpose(1, 2)  # (B, L, D)
+        if self.config.blind:
+            x = torch.zeros_like(x)
+        return x
+
+    def loss(self, fmap: torch.Tensor, captions: torch.Tensor, *, pad_id: int = 0,
+             alpha_c: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """fmap (B, C, h, w), captions (B, T+1) = <start> w_1 … <end> <pad>… → scalar loss, stats."""
+        inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T) each
+        logits, alphas = self.decoder(self.annotations(fmap), inputs)  # (B, T, V), (B, T, L)
+        mask = (targets != pad_id).to(logits.dtype)  # (B, T)
+        n_tokens = mask.sum().clamp_min(1.0)
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        xent = (nll * mask.flatten()).sum() / n_tokens
+        coverage = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L): Σ_t α_ti over real steps
+        reg = ((1.0 - coverage) ** 2).sum(dim=1).mean()
+        loss = xent + alpha_c * reg
+        stats = {"loss": loss.detach(), "xent": xent.detach(), "att_reg": reg.detach(), "tokens": n_tokens}
+        return loss, {k: float(v) for k, v in stats.items()}

@@ -1,0 +1,95 @@
+"""`python -m train [fit|evaluate|scenes] ...` — with no subcommand: the default run.
+
+The default run generates (or reuses) the scenes dataset, extracts features, trains the
+soft-attention LSTM and the blind baseline, evaluates both on the test split with beam 3 and
+writes `assets/weights/soft/` (float16 safetensors + JSON + model card).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from sat.config import ModelConfig
+from train.loop import TrainConfig
+from train.pipeline import REPO, DataConfig, run_evaluate, run_fit
+
+# NOTE: the shipped model's settings; `fit` exposes each as a flag.
+DEFAULT_MODEL = ModelConfig(embed_dim=256, attention_dim=256, decoder_dim=256, dropout=0.5)
+DEFAULT_TRAIN = TrainConfig(epochs=8, batch_size=64, lr=1e-3, early_stop=3, lr_patience=1)
+BLIND_EPOCHS = 3
+
+
+def _add_dataclass_flags(p: argparse.ArgumentParser, cls, defaults, skip: set[str] = frozenset()) -> None:
+    """One --flag per field of a config dataclass, typed from the default value."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
+                           metavar="BOOL", help=f"(default {default})")
+        elif isinstance(default, (int, float, str)):
+            p.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+
+
+def _pick(cls, ns: argparse.Namespace, skip: set[str] = frozenset()):
+    return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if f.name not in skip and hasattr(ns, f.name)})
+
+
+DERIVED = {"encoder_dim", "grid", "vocab_size"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd")
+
+    fit_p = sub.add_parser("fit", help="train a model and write its weights folder")
+    fit_p.add_argument("--out", type=Path, required=True, help="weights folder to write")
+    fit_p.add_argument("--run-dir", type=Path, default=None, help="checkpoints/logs (default runs/<out name>)")
+    fit_p.add_argument("--beam-size", type=int, default=3, help="beam size of the final test evaluation")
+    fit_p.add_argument("--with-blind", action="store_true", help="also train+evaluate the blind baseline")
+    fit_p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    _add_dataclass_flags(fit_p, ModelConfig, DEFAULT_MODEL, skip=DERIVED)
+    _add_dataclass_flags(fit_p, TrainConfig, DEFAULT_TRAIN)
+
+    ev = sub.add_parser("evaluate", help="score a weights folder on a split (official COCO metrics)")
+    ev.add_argument("--weights", type=Path, required=True)
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--beam-size", type=int, default=3)
+    ev.add_argument("--json", type=Path, default=None, help="write the metrics here")
+
+    sc = sub.add_parser("scenes", help="only generate the scenes dataset")
+    for p in (fit_p, ev, sc):
+        _add_dataclass_flags(p, DataConfig, DataConfig())
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd is None:
+            out = REPO / "assets" / "weights" / "soft"
+            run_fit(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), out=out, run_dir=REPO / "runs" / "soft",
+                    beam_size=3, with_blind=True, blind_epochs=BLIND_EPOCHS)
+        elif args.cmd == "fit":
+            run_fit(_pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args),
+                    out=args.out, run_dir=args.run_dir, beam_size=args.beam_size, with_blind=args.with_blind,
+                    resume=args.resume, device=args.device, progress=not args.no_progress)
+        elif args.cmd == "evaluate":
+            run_evaluate(args.weights, _pick(DataConfig, args), split=args.split, beam_size=args.beam_size,
+                         json_out=args.json, device=args.device, progress=not args.no_progress)
+        elif args.cmd == "scenes":
+            from train.pipeline import load_records
+            records, root = load_records(_pick(DataConfig, args), progress=not args.no_progress)
+            print(f"{len(records)} images in {root}")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Feature cache: run the frozen encoder trunk once per image and keep the maps on disk (float16).
+
+    cache_dir/<key>/
+      features.f16    raw float16 array (N, C, h, w), memory-mapped
+      progress.json   rows done so far + failed images (rewritten atomically after each flush)
+      meta.json       written last: ids, shape, failed ids — its presence marks a complete cache
+
+The key hashes the encoder name, feature map, fine-tune split point, image size, resize mode,
+preprocessing version, the dataset root and the ordered image ids, so datasets and encoders never
+mix and a changed preprocessing never serves stale maps. A killed extraction resumes at the last
+flushed row; a cache without meta.json is never served. An unreadable image is skipped: its row
+stays zero, it is counted and listed in meta.json, and `valid` excludes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sat.encoder import PREPROCESS_VERSION, Encoder, ImageError, load_image, preprocess
+
+META, PROGRESS, DATA = "meta.json", "progress.json", "features.f16"
+
+
+@dataclass
+class FeatureCache:
+    """A complete cache: `maps[i]` is the trunk map of `ids[i]`; `valid[i]` is False for failed images."""
+    path: Path
+    ids: list[str]
+    maps: np.ndarray  # (N, C, h, w) float16, memory-mapped
+    failed: dict[str, str]
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.ids)}
+
+    @property
+    def valid(self) -> np.ndarray:
+        bad = set(self.failed)
+        return np.array([k not in bad for k in self.ids], dtype=bool)
+
+    def tensor(self, rows: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+        """Rows (all by default) as a float16 torch tensor in RAM."""
+        a = self.maps if rows is None else self.maps[np.asarray(rows)]
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def cache_key(encoder: Encoder, *, image_size: int, resize: str, dataset_root: str | Path,
+              ids: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    spec = {"encoder": encoder.name, "dim": encoder.dim, "stride": encoder.stride,
+            "finetune_blocks": encoder.finetune_blocks, "image_size": image_size, "resize": resize,
+            "preprocess": PREPROCESS_VERSION, "root": str(Path(dataset_root).resolve())}
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    for i in ids:
+        h.update(i.encode() + b"\0")
+    return f"{encoder.name}-{image_size}-{h.hexdigest()[:16]}"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def open_cache(path: str | Path) -> FeatureCache | None:
+    """Open a complete cache, or None when it is absent or unfinished."""
+    path = Path(path)
+    if not (path / META).is_file():
+        return None
+    meta = json.loads((path / META).read_text(encoding="utf-8"))
+    maps = np.memmap(path / DATA, dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
+    return FeatureCache(path, meta["ids"], maps, meta["failed"])
+
+
+def _load(path: Path, image_size: int, resize: str) -> torch.Tensor | str:
+    try:
+        return preprocess(load_image(path), image_size=image_size, resize=resize)
+    except ImageError as e:
+        return str(e)
+
+
+def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder: Encoder,
+                     image_size: int, resize: str, dataset_root: str | Path, cache_dir: str | Path,
+                     batch_size: int = 32, device: torch.device | str = "cpu",
+                     progress: bool = True) -> FeatureCache:
+    """Return the cache for these images, extracting (or resuming) what is missing."""
+    if len(paths) != len(ids) or len(set(ids)) != len(ids):
+        raise ValueError("paths and ids must have the same length and ids must be unique")
+    path = Path(cache_dir) / cache_key(encoder, image_size=image_size, resize=resize,
+                                       dataset_root=dataset_root, ids=ids)
+    cache = open_cache(path)
+    if cache is not None:
+        return cache
+    path.mkdir(parents=True, exist_ok=True)
+    encoder = encoder.to(device).eval()
+    with torch.inference_mode():
+        probe = encoder.encode_trunk(torch.zeros(1, 3, image_size, image_size, device=device))
+    shape = (len(ids), *probe.shape[1:])  # (N, C, h, w)
+    done, failed = 0, {}
+    if (path / PROGRESS).is_file() and (path / DATA).is_file():
+        prog = json.loads((path / PROGRESS).read_text(encoding="utf-8"))
+        if tuple(prog["shape"]) == shape:
+            done, failed = int(prog["done"]), dict(prog["failed"])
+    mode = "r+" if done > 0 else "w+"
+    maps = np.memmap(path / DATA, dtype=np.float16, mode=mode, shape=shape)
+    bar = tqdm(total=len(ids), initial=done, desc="features", unit="img", disable=not progress)
+    # NOTE: a thread decodes the next batch while the encoder runs on the current one.
+    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        def submit(start: int):
+            return pool.submit(lambda: [_load(Path(p), image_size, resize)
+                                        for p in paths[start:start + batch_size]])
+        pending = submit(done) if done < len(ids) else None
+        for start in range(done, len(ids), batch_size):
+            items = pending.result()
+            nxt = start + batch_size
+            pending = submit(nxt) if nxt < len(ids) else None
+            ok = [j for j, it in enumerate(items) if isinstance(it, torch.Tensor)]
+            for j, it in enumerate(items):
+                if not isinstance(it, torch.Tensor):
+                    failed[ids[start + j]] = it
+            block = np.zeros((len(items), *shape[1:]), dtype=np.float16)
+            if ok:
+                x = torch.stack([items[j] for j in ok]).to(device)
+                block[ok] = encoder.encode_trunk(x).float().cpu().numpy().astype(np.float16)
+            maps[start:start + len(items)] = block
+            maps.flush()
+            _write_json(path / PROGRESS, {"done": start + len(items), "shape": list(shape), "failed": failed})
+            bar.update(len(items))
+    bar.close()
+    del maps
+    _write_json(path / META, {"ids": list(ids), "shape": list(shape), "failed": failed,
+                              "encoder": encoder.name, "image_size": image_size, "resize": resize})
+    return open_cache(path)

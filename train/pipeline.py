@@ -1,0 +1,253 @@
+"""Plain functions behind `python -m train`: data → feature cache → fit → evaluate → weights folder.
+
+Each CLI subcommand maps to one function here (`run_fit`, `run_evaluate`, `run_default`).
+"""
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sat.config import ModelConfig
+from sat.encoder import create_encoder
+from sat.model import CaptionModel
+from sat.vocab import Vocab
+from sat.weights import save_weights
+from train.data.karpathy import ImageRecord, load_karpathy
+from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
+from train.features import FeatureCache, extract_features
+from train.loop import CaptionData, TrainConfig, fit
+
+REPO = Path(__file__).resolve().parent.parent
+METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "scenes"
+    """Dataset name: 'scenes' (generated here) or 'karpathy' (a dataset_*.json + images)."""
+    data_root: str = ""
+    """Dataset folder ('' = data/scenes under the repository for scenes)."""
+    annotations: str = ""
+    """Karpathy JSON file (karpathy dataset only; '' = the single dataset_*.json in data_root)."""
+    n_train: int = 8000
+    """Scenes: training images."""
+    n_val: int = 500
+    """Scenes: validation images."""
+    n_test: int = 1000
+    """Scenes: test images."""
+    scene_size: int = 224
+    """Scenes: image side in pixels."""
+    data_seed: int = 0
+    """Scenes: generator seed."""
+    cache_dir: str = ""
+    """Feature cache folder ('' = cache/features under the repository)."""
+    min_freq: int = 5
+    """Vocabulary: minimum word count in the training captions."""
+    val_images: int = 500
+    """Validation images captioned (greedy) after every epoch for early stopping."""
+
+
+def device_from(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_records(dc: DataConfig, *, progress: bool = True) -> tuple[list[ImageRecord], Path]:
+    """Records of every split, and the dataset root (generating the scenes when needed)."""
+    if dc.dataset == "scenes":
+        from train.data.scenes import generate_scenes
+        root = Path(dc.data_root) if dc.data_root else REPO / "data" / "scenes"
+        json_path = generate_scenes(root, n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test,
+                                    image_size=dc.scene_size, seed=dc.data_seed, progress=progress)
+        return load_karpathy(json_path, image_root=root), root
+    if dc.dataset == "karpathy":
+        if not dc.data_root:
+            raise ValueError("--dataset karpathy needs --data-root (the folder of the images)")
+        root = Path(dc.data_root)
+        ann = Path(dc.annotations) if dc.annotations else None
+        if ann is None:
+            found = sorted(root.glob("dataset_*.json"))
+            if len(found) != 1:
+                raise ValueError(f"looked for one dataset_*.json in {root}, found {[p.name for p in found]}; "
+                                 "pass --annotations FILE")
+            ann = found[0]
+        return load_karpathy(ann, image_root=root), root
+    raise ValueError(f"unknown dataset {dc.dataset!r}: use 'scenes' or 'karpathy'")
+
+
+def features_for(records: list[ImageRecord], root: Path, cfg: ModelConfig, dc: DataConfig, *,
+                 device: torch.device, progress: bool = True) -> FeatureCache:
+    encoder = create_encoder(cfg.encoder, feature_map=cfg.feature_map, finetune_blocks=cfg.finetune_blocks)
+    cache_dir = Path(dc.cache_dir) if dc.cache_dir else REPO / "cache" / "features"
+    return extract_features([r.path for r in records], [r.image_id for r in records], encoder=encoder,
+                            image_size=cfg.image_size, resize=cfg.resize, dataset_root=root,
+                            cache_dir=cache_dir, device=device, progress=progress)
+
+
+def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> list[int]:
+    """Cache rows of a split, without images that failed to decode."""
+    index, valid = cache.index, cache.valid
+    return [index[r.image_id] for r in records if r.split == split and valid[index[r.image_id]]]
+
+
+def caption_data(records: list[ImageRecord], cache: FeatureCache, vocab: Vocab) -> CaptionData:
+    """All (image, caption) pairs of the training split, captions encoded and padded."""
+    rows, caps = [], []
+    by_id = {r.image_id: r for r in records}
+    train_rows = split_rows(records, cache, "train")
+    for new_row, row in enumerate(train_rows):
+        for tokens in by_id[cache.ids[row]].captions:
+            rows.append(new_row)
+            caps.append(vocab.encode(list(tokens)))
+    width = max(len(c) for c in caps)
+    padded = torch.full((len(caps), width), vocab.pad_id, dtype=torch.long)
+    for i, c in enumerate(caps):
+        padded[i, : len(c)] = torch.tensor(c)
+    return CaptionData(maps=cache.tensor(train_rows), rows=torch.tensor(rows), captions=padded)
+
+
+def build_model(cfg: ModelConfig, *, seed: int) -> CaptionModel:
+    torch.manual_seed(seed)
+    encoder = create_encoder(cfg.encoder, feature_map=cfg.feature_map, finetune_blocks=cfg.finetune_blocks)
+    return CaptionModel(cfg, tail=encoder.tail)
+
+
+def complete_config(cfg: ModelConfig, vocab: Vocab, cache: FeatureCache) -> ModelConfig:
+    """Fill the fields fixed by the data: vocabulary size, D and the grid."""
+    enc = create_encoder(cfg.encoder, feature_map=cfg.feature_map, pretrained=False,
+                         finetune_blocks=cfg.finetune_blocks)
+    grid = enc.grid(cfg.image_size)
+    return cfg.replace(vocab_size=len(vocab), encoder_dim=enc.dim, grid=grid, max_len=vocab.max_len)
+
+
+def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: list[ImageRecord],
+              cache: FeatureCache, vocab: Vocab, run_dir: Path, device: torch.device, resume: bool,
+              progress: bool) -> tuple[CaptionModel, list[dict], float]:
+    """Fit one model; returns it (best epoch loaded), its history and the wall time in seconds."""
+    data = caption_data(records, cache, vocab)
+    val_rows = split_rows(records, cache, "val")[: dc.val_images]
+    by_id = {r.image_id: r for r in records}
+    val_refs = [by_id[cache.ids[i]].captions for i in val_rows]
+    val_maps = cache.tensor(val_rows)
+
+    def validate(m: CaptionModel) -> float:
+        words = generate_words(m, vocab, val_maps, mode="greedy", device=device)
+        return bleu4_quick(val_refs, words)
+
+    model = build_model(cfg, seed=tc.seed)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"training {'blind ' if cfg.blind else ''}{cfg.attention}/{cfg.decoder}: {n_params / 1e6:.2f} M "
+          f"trainable parameters, {len(data)} pairs, {len(val_rows)} val images, device {device}")
+    t0 = time.time()
+    history = fit(model, data=data, validate=validate, out_dir=run_dir, config=tc, pad_id=vocab.pad_id,
+                  resume=resume, device=device, progress=progress)
+    return model, history, time.time() - t0
+
+
+def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], cache: FeatureCache, *,
+                split: str, beam_size: int, device: torch.device, progress: bool = True) -> dict:
+    rows = split_rows(records, cache, split)
+    if not rows:
+        raise ValueError(f"the {split!r} split has no usable images")
+    by_id = {r.image_id: r for r in records}
+    refs = [list(by_id[cache.ids[i]].raw) for i in rows]
+    metrics, _ = score_split(model, vocab, cache.tensor(rows), refs, beam_size=beam_size, device=device,
+                             progress=progress, ids=[cache.ids[i] for i in rows])
+    metrics["split"] = split
+    return metrics
+
+
+def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: dict, history: list[dict],
+               seconds: float, command: str, counts: dict[str, int]) -> str:
+    rows = [("this model", metrics)] + ([("blind baseline", metrics["blind"])] if "blind" in metrics else [])
+    table = "| model | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---|" * len(METRIC_KEYS) + "\n"
+    for name, m in rows:
+        table += f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRIC_KEYS) + " |\n"
+    synthetic = dc.dataset == "scenes"
+    warning = ("**Trained on synthetic scenes** (coloured shapes on plain backgrounds, generated by "
+               "`train/data/scenes.py`): it describes shapes, colours, sizes and their layout, and is "
+               "*not* a model of real photos.\n\n") if synthetic else ""
+    return f"""# SAT Studio weights: {cfg.attention} attention, {cfg.decoder.upper()} decoder
+
+{warning}- Data: `{dc.dataset}` ({', '.join(f'{k} {v}' for k, v in counts.items())} images); vocabulary {cfg.vocab_size} tokens (min count {dc.min_freq}), captions ≤ {cfg.max_len} words.
+- Encoder: `{cfg.encoder}` ({cfg.feature_map} feature map, {cfg.grid[0]}×{cfg.grid[1]}×{cfg.encoder_dim}, {cfg.image_size} px, {cfg.resize}), ImageNet weights, {"frozen" if not cfg.finetune_blocks else f"last {cfg.finetune_blocks} blocks fine-tuned"}.
+- Decoder: embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}.
+- Training: {len(history)} epochs (best by validation BLEU-4 of greedy captions), batch {tc.batch_size}, Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
+- Test split, beam {metrics['beam_size']}, {metrics['n_images']} images (official COCO caption metrics, pycocoevalcap):
+
+{table}
+Produced by: `{command}`
+"""
+
+
+def save_run(folder: Path, model: CaptionModel, vocab: Vocab, metrics: dict, card: str) -> None:
+    save_weights(folder, state_dict=model.state_dict(), config=model.config, vocab=vocab,
+                 metrics=metrics, card=card)
+    print(f"weights written to {folder}")
+
+
+def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,
+            beam_size: int = 3, with_blind: bool = False, blind_epochs: int | None = None,
+            resume: bool = False, device: str = "auto", progress: bool = True,
+            metrics_json: Path | None = None) -> dict:
+    """Train (and the blind baseline when asked), evaluate on test, write the weights folder."""
+    t_start = time.time()
+    dev = device_from(device)
+    command = "python -m train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    records, root = load_records(dc, progress=progress)
+    counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
+    vocab = Vocab.build((c for r in records if r.split == "train" for c in r.captions),
+                        min_freq=dc.min_freq, max_len=cfg.max_len)
+    print(f"dataset {dc.dataset} at {root}: {counts}, vocabulary {len(vocab)}")
+    cache = features_for(records, root, cfg, dc, device=dev, progress=progress)
+    if cache.failed:
+        print(f"skipped {len(cache.failed)} unreadable images, e.g. {next(iter(cache.failed.values()))}")
+    cfg = complete_config(cfg, vocab, cache)
+    run_dir = run_dir or (REPO / "runs" / out.name)
+    model, history, secs = train_one(cfg, tc, dc, records=records, cache=cache, vocab=vocab,
+                                     run_dir=run_dir, device=dev, resume=resume, progress=progress)
+    metrics = evaluate_on(model, vocab, records, cache, split="test", beam_size=beam_size, device=dev,
+                          progress=progress)
+    metrics.update({"dataset": dc.dataset, "train_seconds": round(secs, 1)})
+    write_metrics(metrics, None)
+    if with_blind:
+        btc = TrainConfig(**{**asdict(tc), "epochs": blind_epochs or tc.epochs})
+        blind, _, bsecs = train_one(cfg.replace(blind=True), btc, dc, records=records, cache=cache,
+                                    vocab=vocab, run_dir=run_dir.with_name(run_dir.name + "-blind"),
+                                    device=dev, resume=resume, progress=progress)
+        bm = evaluate_on(blind, vocab, records, cache, split="test", beam_size=beam_size, device=dev,
+                         progress=progress)
+        bm["train_seconds"] = round(bsecs, 1)
+        print("blind baseline:")
+        write_metrics(bm, None)
+        metrics["blind"] = bm
+    metrics["total_seconds"] = round(time.time() - t_start, 1)
+    card = model_card(cfg=cfg, tc=tc, dc=dc, metrics=metrics, history=history, seconds=secs,
+                      command=command, counts=counts)
+    save_run(out, model, vocab, metrics, card)
+    if metrics_json:
+        write_metrics(metrics, metrics_json)
+    print(f"total {metrics['total_seconds'] / 60:.1f} min")
+    return metrics
+
+
+def run_evaluate(weights: Path, dc: DataConfig, *, split: str = "test", beam_size: int = 3,
+                 json_out: Path | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """Evaluate a weights folder on a dataset split with the official metrics."""
+    from sat.captioner import Captioner
+    dev = device_from(device)
+    cap = Captioner.load(weights, device=dev)
+    records, root = load_records(dc, progress=progress)
+    cache = features_for(records, root, cap.config, dc, device=dev, progress=progress)
+    metrics = evaluate_on(cap.model, cap.vocab, records, cache, split=split, beam_size=beam_size,
+                          device=dev, progress=progress)
+    metrics["dataset"] = dc.dataset
+    write_metrics(metrics, json_out)
+    return metrics
