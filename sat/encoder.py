@@ -90,7 +90,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode == "F":
             top, a = max(hi - lo, 1e-12), a - lo
         a = np.clip(a / top * 255.0, 0, 255).astype(np.uint8)
-        img = Image.fromarray(a, mode="L")
+        img = Image.fromarray(a)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

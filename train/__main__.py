@@ -7,6 +7,7 @@ writes `assets/weights/soft/` (float16 safetensors + JSON + model card).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -68,16 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    command = " ".join(["python -m train", *(shlex.quote(a) for a in argv)])
     try:
         if args.cmd is None:
             out = REPO / "assets" / "weights" / "soft"
             run_fit(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), out=out, run_dir=REPO / "runs" / "soft",
-                    beam_size=3, with_blind=True, blind_epochs=BLIND_EPOCHS)
+                    beam_size=3, with_blind=True, blind_epochs=BLIND_EPOCHS, command=command)
         elif args.cmd == "fit":
             run_fit(_pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args),
                     out=args.out, run_dir=args.run_dir, beam_size=args.beam_size, with_blind=args.with_blind,
-                    resume=args.resume, device=args.device, progress=not args.no_progress)
+                    resume=args.resume, device=args.device, progress=not args.no_progress, command=command)
         elif args.cmd == "evaluate":
             run_evaluate(args.weights, _pick(DataConfig, args), split=args.split, beam_size=args.beam_size,
                          json_out=args.json, device=args.device, progress=not args.no_progress)

@@ -47,6 +47,9 @@ class TrainConfig:
     """Seeds parameter init (done by the caller), dropout and the shuffling order."""
     max_steps: int = 0
     """Stop after this many optimizer steps in total (0 = no limit); for smoke tests."""
+    captions_per_image: int = 0
+    """Captions drawn per image each epoch (0 = every caption every epoch). NOTE: 1 makes an epoch
+    five times shorter on 5-caption data while every caption is still seen across epochs."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -55,8 +58,10 @@ class TrainConfig:
             raise ValueError("learning rates must be > 0")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
-        if min(self.grad_clip, self.alpha_c, self.lr_patience, self.early_stop, self.max_steps) < 0:
-            raise ValueError("grad_clip, alpha_c, lr_patience, early_stop and max_steps must be ≥ 0")
+        if min(self.grad_clip, self.alpha_c, self.lr_patience, self.early_stop, self.max_steps,
+               self.captions_per_image) < 0:
+            raise ValueError("grad_clip, alpha_c, lr_patience, early_stop, max_steps and "
+                             "captions_per_image must be ≥ 0")
 
 
 @dataclass
@@ -68,6 +73,20 @@ class CaptionData:
 
     def __len__(self) -> int:
         return int(self.rows.numel())
+
+    def epoch_order(self, generator: torch.Generator, per_image: int = 0) -> torch.Tensor:
+        """Shuffled pair indices for one epoch; at most `per_image` random captions per image."""
+        perm = torch.randperm(len(self), generator=generator)
+        if not per_image:
+            return perm
+        # rank of each pair among its image's pairs in this random order; keep ranks < per_image
+        rows = self.rows[perm]
+        order = torch.argsort(rows, stable=True)  # group by image, random order inside a group
+        sorted_rows = rows[order]
+        first = torch.searchsorted(sorted_rows, sorted_rows, side="left")
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order)) - first
+        return perm[rank < per_image]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -148,8 +167,8 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             break
         t0 = time.time()
         model.train()
-        perm = torch.randperm(len(data), generator=shuffle)
-        n_batches = math.ceil(len(data) / config.batch_size)
+        perm = data.epoch_order(shuffle, config.captions_per_image)
+        n_batches = math.ceil(len(perm) / config.batch_size)
         tot = {"loss": 0.0, "xent": 0.0, "att_reg": 0.0}
         seen = 0
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)

@@ -5,8 +5,6 @@ Each CLI subcommand maps to one function here (`run_fit`, `run_evaluate`, `run_d
 from __future__ import annotations
 
 import platform
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,11 +194,10 @@ def save_run(folder: Path, model: CaptionModel, vocab: Vocab, metrics: dict, car
 def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,
             beam_size: int = 3, with_blind: bool = False, blind_epochs: int | None = None,
             resume: bool = False, device: str = "auto", progress: bool = True,
-            metrics_json: Path | None = None) -> dict:
+            metrics_json: Path | None = None, command: str = "python -m train") -> dict:
     """Train (and the blind baseline when asked), evaluate on test, write the weights folder."""
     t_start = time.time()
     dev = device_from(device)
-    command = "python -m train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     records, root = load_records(dc, progress=progress)
     counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
     vocab = Vocab.build((c for r in records if r.split == "train" for c in r.captions),
