@@ -1,38 +1,63 @@
 """Attention over the annotation grid: f_att and φ of Xu et al. 2015, §4.
 
-Every attention kind implements the same two calls, so any decoder can use any kind:
+Every attention kind implements the same calls, so any recurrent decoder can use any kind:
 
-    keys = attn.prepare(feats)                       # once per image:  (B, L, D) → (B, L, A)
-    context, alpha = attn(feats, keys, query)        # every step:      (B, D), (B, L)
+    keys = attn.prepare(feats)                          # once per image: (B, L, D) → (B, L, A)
+    context, alpha, logp = attn(feats, keys, query)     # every step: (B, D), (B, L), (B,) or None
+    extra, stats = attn.regularizer(alphas, sample_logp, seq_logp, mask, alpha_c=λ)   # in the loss
 
-`prepare` is where the per-image projection of the annotation vectors happens (W_a a_i for
-additive attention), so a step only projects the query — the projection of all L vectors is not
-recomputed T times.
+`prepare` is where the per-image projection of the annotation vectors happens (W_a a_i), so a
+step only projects the query: the projection of all L vectors is not recomputed T times.
+`logp` is the log-probability of a *sampled* location (hard attention while training), else None.
 
-Soft (deterministic) attention, eq. (4)–(5) and §4.2:
-    e_ti = f_att(a_i, h_{t-1}) = wᵀ tanh(W_a a_i + W_h h_{t-1} + b)
-    α_ti = exp(e_ti) / Σ_k exp(e_tk)
-    ẑ_t  = φ({a_i}, {α_i}) = Σ_i α_ti a_i
+- soft (§4.2), additive:  e_ti = wᵀ tanh(W_a a_i + W_h h_{t-1});  α_t = softmax(e_t);  ẑ_t = Σ_i α_ti a_i
+  with the doubly stochastic penalty λ Σ_i (1 − Σ_t α_ti)² (eq. 14).
+- hard (§4.1), stochastic: the same α_t, but ẑ_t = a_{s_t} with s_t ~ Multinoulli(α_t); trained on
+  the variational lower bound with REINFORCE (eq. 12): a moving-average baseline b on the reward
+  log p(y | s, a), and an entropy bonus λ_e H[s]. Half of the batches use the expected context
+  Σ_i α_ti a_i instead of a sample (the paper's variance trick). At test time the argmax location
+  (default) or the expectation.
+- dot, multiplicative:   e_tj = (Q h_{t-1})ᵀ (K a_j) / √A
+- uniform:               α_tj = 1 / L, the baseline every learned attention must beat.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import nn
 
+Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def _weighted(alpha: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, 1, L) @ (B, L, D) → (B, D)
+
+
+def doubly_stochastic(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_i (1 − Σ_t α_ti)² over real steps, averaged over the batch. alphas (B, T, L), mask (B, T)."""
+    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L)
+    return ((1.0 - coverage) ** 2).sum(dim=1).mean()
+
 
 class Attention(nn.Module):
-    """Interface: `prepare` once per image, then `forward` at every decoding step."""
+    """Interface: `prepare` once per image, `forward` every step, `regularizer` in the loss."""
 
     def prepare(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) annotation vectors → (B, L, A) per-image keys."""
         raise NotImplementedError
 
-    def forward(self, feats: torch.Tensor, keys: torch.Tensor,
-                query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B, L, D), keys (B, L, A), query (B, H) → context (B, D), alpha (B, L)."""
+    def begin_batch(self) -> None:
+        """Called before every training batch (hard attention flips its expected-context coin)."""
+
+    def forward(self, feats: torch.Tensor, keys: torch.Tensor, query: torch.Tensor) -> Out:
         raise NotImplementedError
+
+    def regularizer(self, alphas: torch.Tensor, sample_logp: torch.Tensor | None, seq_logp: torch.Tensor,
+                    mask: torch.Tensor, *, alpha_c: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Extra loss terms of this kind (default: the doubly stochastic penalty)."""
+        reg = doubly_stochastic(alphas, mask)
+        return alpha_c * reg, {"att_reg": float(reg.detach())}
 
 
 class SoftAttention(Attention):
@@ -40,28 +65,125 @@ class SoftAttention(Attention):
 
     def __init__(self, *, encoder_dim: int, decoder_dim: int, attention_dim: int):
         super().__init__()
-        self.key = nn.Linear(encoder_dim, attention_dim)              # W_a
+        self.key = nn.Linear(encoder_dim, attention_dim)                # W_a
         self.query = nn.Linear(decoder_dim, attention_dim, bias=False)  # W_h
         self.score = nn.Linear(attention_dim, 1)                        # w
 
-    def prepare(self, feats: torch.Tensor) -> torch.Tensor:
+    def prepare(self, feats):
+        return self.key(feats)  # (B, L, A)
+
+    def weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        q = self.query(query).unsqueeze(1)                # (B, 1, A)
+        e = self.score(torch.tanh(keys + q)).squeeze(-1)  # (B, L)
+        return torch.softmax(e, dim=-1)
+
+    def forward(self, feats, keys, query):
+        alpha = self.weights(keys, query)
+        return _weighted(alpha, feats), alpha, None
+
+
+class HardAttention(SoftAttention):
+    """Stochastic hard attention: the soft model's α_t used as a distribution over locations."""
+
+    def __init__(self, *, encoder_dim: int, decoder_dim: int, attention_dim: int,
+                 entropy_weight: float = 0.01, reinforce_weight: float = 1.0, baseline_decay: float = 0.9,
+                 test_rule: str = "argmax"):
+        super().__init__(encoder_dim=encoder_dim, decoder_dim=decoder_dim, attention_dim=attention_dim)
+        if test_rule not in ("argmax", "expectation"):
+            raise ValueError(f"test_rule must be 'argmax' or 'expectation', got {test_rule!r}")
+        self.entropy_weight, self.reinforce_weight = entropy_weight, reinforce_weight
+        self.baseline_decay, self.test_rule = baseline_decay, test_rule
+        self.expected = False  # set per batch by the model: use Σ α a instead of a sample
+        self.register_buffer("baseline", torch.zeros(()))  # b: moving average of the reward
+        self.register_buffer("baseline_set", torch.zeros((), dtype=torch.bool))
+
+    def begin_batch(self) -> None:
+        # NOTE: the paper's variance trick: with probability 0.5 a batch uses Σ α a (soft) instead
+        # of a sampled location. Drawn from torch's RNG, so runs stay seeded.
+        self.expected = bool(torch.rand(()) < 0.5)
+
+    def forward(self, feats, keys, query):
+        alpha = self.weights(keys, query)  # (B, L)
+        if self.training and not self.expected:
+            s = torch.multinomial(alpha.detach(), 1).squeeze(1)          # s_t ~ Multinoulli(α_t)
+            logp = torch.log(alpha.gather(1, s[:, None]).squeeze(1) + 1e-12)  # log p(s_t | a)
+            return feats[torch.arange(feats.size(0)), s], alpha, logp
+        if self.training or self.test_rule == "expectation":
+            return _weighted(alpha, feats), alpha, None
+        s = alpha.argmax(dim=-1)  # (B,)
+        return feats[torch.arange(feats.size(0)), s], alpha, None
+
+    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c):
+        entropy = -(alphas * torch.log(alphas + 1e-12)).sum(-1)  # (B, T): H[s_t]
+        mean_entropy = (entropy * mask).sum() / mask.sum().clamp_min(1.0)
+        loss = -self.entropy_weight * mean_entropy
+        stats = {"entropy": float(mean_entropy.detach()), "baseline": float(self.baseline)}
+        if sample_logp is None:  # an expected-context batch: plain maximum likelihood
+            return loss, stats
+        reward = seq_logp.detach()  # (B,) log p(y | s, a): the reward of the sampled locations
+        with torch.no_grad():
+            mean = reward.mean()
+            if not bool(self.baseline_set):
+                self.baseline.copy_(mean)
+                self.baseline_set.fill_(True)
+            else:
+                self.baseline.mul_(self.baseline_decay).add_((1 - self.baseline_decay) * mean)
+        advantage = reward - self.baseline  # (B,)
+        score = (sample_logp * mask).sum(dim=1)  # (B,): Σ_t log p(s_t)
+        loss = loss - self.reinforce_weight * (advantage * score).mean()
+        stats.update({"reward": float(mean), "advantage": float(advantage.abs().mean())})
+        return loss, stats
+
+
+class DotAttention(Attention):
+    """Multiplicative attention e_tj = (Q s_t)ᵀ K x_j, scaled by 1/√A."""
+
+    def __init__(self, *, encoder_dim: int, decoder_dim: int, attention_dim: int):
+        super().__init__()
+        self.key = nn.Linear(encoder_dim, attention_dim, bias=False)    # K
+        self.query = nn.Linear(decoder_dim, attention_dim, bias=False)  # Q
+        # NOTE: the 1/√A scale only sets the softmax temperature at initialisation; without it,
+        # the logits' spread grows with A and the attention starts nearly one-hot.
+        self.scale = 1.0 / math.sqrt(attention_dim)
+
+    def prepare(self, feats):
         return self.key(feats)  # (B, L, A)
 
     def forward(self, feats, keys, query):
-        q = self.query(query).unsqueeze(1)                     # (B, 1, A)
-        e = self.score(torch.tanh(keys + q)).squeeze(-1)       # (B, L)
-        alpha = torch.softmax(e, dim=-1)                       # (B, L)
-        context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, D)
-        return context, alpha
+        q = self.query(query).unsqueeze(-1)                           # (B, A, 1)
+        alpha = torch.softmax(torch.bmm(keys, q).squeeze(-1) * self.scale, dim=-1)  # (B, L)
+        return _weighted(alpha, feats), alpha, None
+
+
+class UniformAttention(Attention):
+    """p_tj = 1/L: the context is the mean annotation vector at every step."""
+
+    def __init__(self, *, encoder_dim: int, decoder_dim: int, attention_dim: int):
+        super().__init__()
+
+    def prepare(self, feats):
+        return feats.new_zeros(feats.shape[:2] + (0,))  # (B, L, 0): nothing to precompute
+
+    def forward(self, feats, keys, query):
+        alpha = feats.new_full(feats.shape[:2], 1.0 / feats.size(1))  # (B, L)
+        return feats.mean(dim=1), alpha, None
+
+    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c):
+        return alphas.new_zeros(()), {}  # constant: nothing to learn
 
 
 _REGISTRY: dict[str, Callable[..., Attention]] = {
     "soft": SoftAttention,
+    "hard": HardAttention,
+    "dot": DotAttention,
+    "uniform": UniformAttention,
 }
 
 
-def create_attention(name: str, *, encoder_dim: int, decoder_dim: int, attention_dim: int) -> Attention:
-    """Build a registered attention kind by name."""
+def create_attention(name: str, *, encoder_dim: int, decoder_dim: int, attention_dim: int,
+                     **options) -> Attention:
+    """Build a registered attention kind by name (options go to kinds that take them)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](encoder_dim=encoder_dim, decoder_dim=decoder_dim, attention_dim=attention_dim)
+    return _REGISTRY[name](encoder_dim=encoder_dim, decoder_dim=decoder_dim, attention_dim=attention_dim,
+                           **options)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ATTENTIONS = ("soft",)
-DECODERS = ("lstm",)
+ATTENTIONS = ("soft", "hard", "dot", "uniform")
+DECODERS = ("lstm", "gru", "transformer")
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ class ModelConfig:
     max_len: int = 20
     """Longest caption in words (without <start>/<end>)."""
     attention: str = "soft"
-    """Attention kind: 'soft' (additive, Xu et al. §4.2)."""
+    """Attention kind: 'soft' (additive, §4.2), 'hard' (stochastic, §4.1), 'dot' or 'uniform'."""
     decoder: str = "lstm"
-    """Decoder kind: 'lstm' (Xu et al. §3.1.2)."""
+    """Decoder kind: 'lstm' (Xu et al. §3.1.2), 'gru' (the TensorFlow tutorials') or 'transformer'."""
     embed_dim: int = 256
     """m, the word-embedding size (also the deep-output layer's width)."""
     attention_dim: int = 256
@@ -45,6 +45,16 @@ class ModelConfig:
     """Dropout on the hidden state before the deep output layer."""
     gate: bool = True
     """Use the gating scalar β_t = σ(f_β(h_{t-1})) on the context (§4.2.1)."""
+    hard_test_rule: str = "argmax"
+    """Hard attention at test time: 'argmax' location (default) or 'expectation' (Σ α a)."""
+    hard_entropy: float = 0.01
+    """Hard attention: λ_e, weight of the entropy bonus H[s]."""
+    hard_reinforce: float = 1.0
+    """Hard attention: λ_r, weight of the REINFORCE term."""
+    layers: int = 2
+    """Transformer decoder: number of layers."""
+    heads: int = 4
+    """Transformer decoder: attention heads (embed_dim must divide by it)."""
     blind: bool = False
     """Replace the image by zeros: the caption-only language-model baseline."""
 
@@ -53,6 +63,14 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.decoder == "transformer" and self.attention != "soft":
+            raise ValueError("the transformer decoder has its own (soft, multi-head) cross-attention: "
+                             "use attention='soft'")
+        if self.decoder == "transformer" and (self.layers < 1 or self.heads < 1 or self.embed_dim % self.heads):
+            raise ValueError(f"transformer needs layers ≥ 1 and embed_dim ({self.embed_dim}) divisible by "
+                             f"heads ({self.heads})")
+        if self.hard_test_rule not in ("argmax", "expectation"):
+            raise ValueError(f"hard_test_rule must be 'argmax' or 'expectation', got {self.hard_test_rule!r}")
         if self.feature_map not in ("last", "stride16"):
             raise ValueError(f"feature_map must be 'last' or 'stride16', got {self.feature_map!r}")
         if self.resize not in ("crop", "pad"):

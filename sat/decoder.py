@@ -4,17 +4,22 @@ The interface every decoder implements:
 
     memory = dec.prepare(feats)                   # per image, once:  dict of (B, ...) tensors
     state  = dec.init_state(memory)               # tuple of (B, ...) tensors
-    logits, alpha, state = dec.step(tokens, state, memory)   # one word: (B, V), (B, L)
-    logits, alphas = dec(feats, inputs)           # teacher forcing: (B, T, V), (B, T, L)
+    logits, alpha, state = dec.step(tokens, state, memory)      # one word: (B, V), (B, L)
+    logits, alphas, sample_logp = dec(feats, inputs)            # teacher forcing: (B, T, V), (B, T, L), (B, T)|None
+    extra, stats = dec.regularizer(alphas, sample_logp, seq_logp, mask, alpha_c=λ)   # attention terms
 
 Memory and state hold only batch-first tensors, so search can expand and reorder beams with one
-`index_select` without knowing which decoder it drives.
+`index_select` without knowing which decoder it drives. Recurrent decoders take any attention
+kind from `sat.attention`; the Transformer (sat/transformer.py) has its own cross-attention.
 
 LSTM decoder, Xu et al. 2015 §3.1.2 and §4.2.1:
     h_0 = tanh(f_init,h(mean_i a_i)),  c_0 = tanh(f_init,c(mean_i a_i))                 (§3.1.2)
-    ẑ_t = β_t · Σ_i α_ti a_i,  β_t = σ(f_β(h_{t-1}))                                    (§4.2.1)
+    ẑ_t = β_t · φ({a_i}, {α_ti}),  β_t = σ(f_β(h_{t-1}))                                (§4.2.1)
     i_t, f_t, o_t, g_t = LSTM(E y_{t-1}, h_{t-1}, ẑ_t)                                  (eq. 1–3)
     p(y_t | a, y_<t) ∝ exp(L_o tanh(E y_{t-1} + L_h h_t + L_z ẑ_t))                     (eq. 7, deep output)
+
+GRU decoder, the TensorFlow tutorials' design: ẑ_t from attention on h_{t-1}; x_t = [ẑ_t; E y_{t-1}];
+h_t = GRU(x_t, h_{t-1}) from h_0 = 0; p(y_t) ∝ exp(W_2 (W_1 h_t)).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attention import create_attention
+from .attention import Attention, create_attention
 from .config import ModelConfig
 
 Memory = dict[str, torch.Tensor]
@@ -43,8 +48,8 @@ class Decoder(nn.Module):
              memory: Memory) -> tuple[torch.Tensor, torch.Tensor, State]:
         raise NotImplementedError
 
-    def forward(self, feats: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: feats (B, L, D), inputs (B, T) → logits (B, T, V), alphas (B, T, L)."""
+    def forward(self, feats: torch.Tensor, inputs: torch.Tensor):
+        """Teacher forcing by the step loop: feats (B, L, D), inputs (B, T) → (B, T, V), (B, T, L), None."""
         memory = self.prepare(feats)
         state = self.init_state(memory)
         logits, alphas = [], []
@@ -52,18 +57,66 @@ class Decoder(nn.Module):
             lg, a, state = self.step(inputs[:, t], state, memory)
             logits.append(lg)
             alphas.append(a)
-        return torch.stack(logits, 1), torch.stack(alphas, 1)
+        return torch.stack(logits, 1), torch.stack(alphas, 1), None
+
+    def begin_batch(self) -> None:
+        """Hook before each training batch; forwards to the attention kind."""
+        if isinstance(getattr(self, "attention", None), Attention):
+            self.attention.begin_batch()
+
+    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c: float):
+        """Attention-specific loss terms; the attention kind decides (see sat/attention.py)."""
+        return self.attention.regularizer(alphas, sample_logp, seq_logp, mask, alpha_c=alpha_c)
 
 
-class LSTMDecoder(Decoder):
+class RecurrentDecoder(Decoder):
+    """Shared machinery of the LSTM and GRU decoders: attention, embedding, the time loop."""
+
+    attention: Attention
+
+    def prepare(self, feats: torch.Tensor) -> Memory:
+        return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
+
+    def _advance(self, emb: torch.Tensor, state: State, memory: Memory):
+        """One recurrence step → (new state, context (B, D), alpha (B, L), sample logp (B,) | None)."""
+        raise NotImplementedError
+
+    def _logits(self, emb: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Output layer; works on (B, ·) or (B, T, ·) alike."""
+        raise NotImplementedError
+
+    def step(self, tokens, state, memory):
+        emb = self.embed(tokens)  # (B, m)
+        state, context, alpha, _ = self._advance(emb, state, memory)
+        return self._logits(emb, state[0], context), alpha, state
+
+    def forward(self, feats, inputs):
+        # NOTE: only the recurrence runs step by step; the (large) output projection runs once
+        # over all steps, and the batch is never shrunk or re-sorted (padding is masked in the loss).
+        memory = self.prepare(feats)
+        state = self.init_state(memory)
+        emb = self.embed(inputs)  # (B, T, m)
+        hs, zs, alphas, logps = [], [], [], []
+        for t in range(inputs.size(1)):
+            state, context, alpha, logp = self._advance(emb[:, t], state, memory)
+            hs.append(state[0])
+            zs.append(context)
+            alphas.append(alpha)
+            logps.append(logp)
+        h = torch.stack(hs, 1)  # (B, T, n)
+        z = torch.stack(zs, 1)  # (B, T, D)
+        sample_logp = None if logps[0] is None else torch.stack(logps, 1)  # (B, T)
+        return self._logits(emb, h, z), torch.stack(alphas, 1), sample_logp
+
+
+class LSTMDecoder(RecurrentDecoder):
     """The paper's LSTM with attention, gating scalar and deep output layer."""
 
     def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, decoder_dim: int,
-                 attention: str, attention_dim: int, dropout: float, gate: bool):
+                 attention: Attention, dropout: float, gate: bool):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)                            # E
-        self.attention = create_attention(attention, encoder_dim=encoder_dim,
-                                          decoder_dim=decoder_dim, attention_dim=attention_dim)
+        self.attention = attention
         self.init_h = nn.Linear(encoder_dim, decoder_dim)
         self.init_c = nn.Linear(encoder_dim, decoder_dim)
         self.gate = nn.Linear(decoder_dim, 1) if gate else None                    # f_β
@@ -74,54 +127,75 @@ class LSTMDecoder(Decoder):
         self.drop = nn.Dropout(dropout)
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
 
-    def prepare(self, feats: torch.Tensor) -> Memory:
-        return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
-
     def init_state(self, memory: Memory) -> State:
         mean = memory["feats"].mean(dim=1)  # (B, D)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, n) each
 
-    def _advance(self, emb: torch.Tensor, state: State, memory: Memory):
-        """One recurrence step: emb (B, m) → new (h, c), context ẑ_t (B, D), alpha (B, L)."""
+    def _advance(self, emb, state, memory):
         h, c = state
-        context, alpha = self.attention(memory["feats"], memory["keys"], h)
+        context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context  # β_t ẑ_t, β_t: (B, 1)
         h, c = self.cell(torch.cat([emb, context], dim=-1), (h, c))
-        return (h, c), context, alpha
+        return (h, c), context, alpha, logp
 
-    def _logits(self, emb: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Deep output layer; works on (B, m) or (B, T, m) alike."""
+    def _logits(self, emb, h, context):
         x = torch.tanh(emb + self.out_h(self.drop(h)) + self.out_z(context))
         return self.out(self.drop(x))
 
-    def step(self, tokens, state, memory):
-        emb = self.embed(tokens)  # (B, m)
-        state, context, alpha = self._advance(emb, state, memory)
-        return self._logits(emb, state[0], context), alpha, state
 
-    def forward(self, feats, inputs):
-        # NOTE: only the recurrence runs step by step; the (large) output projection runs once
-        # over all steps, and the batch is never shrunk or re-sorted (padding is masked in the loss).
-        memory = self.prepare(feats)
-        state = self.init_state(memory)
-        emb = self.embed(inputs)  # (B, T, m)
-        hs, zs, alphas = [], [], []
-        for t in range(inputs.size(1)):
-            state, context, alpha = self._advance(emb[:, t], state, memory)
-            hs.append(state[0])
-            zs.append(context)
-            alphas.append(alpha)
-        h = torch.stack(hs, 1)  # (B, T, n)
-        z = torch.stack(zs, 1)  # (B, T, D)
-        return self._logits(emb, h, z), torch.stack(alphas, 1)  # (B, T, V), (B, T, L)
+class GRUDecoder(RecurrentDecoder):
+    """The TensorFlow tutorials' decoder: [context; embedding] → GRU → two dense layers."""
+
+    def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, decoder_dim: int,
+                 attention: Attention, dropout: float):
+        super().__init__()
+        self.decoder_dim = decoder_dim
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.attention = attention
+        self.cell = nn.GRUCell(encoder_dim + embed_dim, decoder_dim)
+        self.fc1 = nn.Linear(decoder_dim, decoder_dim)
+        self.fc2 = nn.Linear(decoder_dim, vocab_size)
+        self.drop = nn.Dropout(dropout)
+
+    def init_state(self, memory: Memory) -> State:
+        feats = memory["feats"]
+        return (feats.new_zeros(feats.size(0), self.decoder_dim),)  # h_0 = 0, as the tutorial
+
+    def _advance(self, emb, state, memory):
+        (h,) = state
+        context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
+        h = self.cell(torch.cat([context, emb], dim=-1), h)
+        return (h,), context, alpha, logp
+
+    def _logits(self, emb, h, context):
+        return self.fc2(self.drop(self.fc1(self.drop(h))))
+
+
+def _attention(cfg: ModelConfig) -> Attention:
+    opts = {}
+    if cfg.attention == "hard":
+        opts = dict(entropy_weight=cfg.hard_entropy, reinforce_weight=cfg.hard_reinforce,
+                    test_rule=cfg.hard_test_rule)
+    return create_attention(cfg.attention, encoder_dim=cfg.encoder_dim, decoder_dim=cfg.decoder_dim,
+                            attention_dim=cfg.attention_dim, **opts)
+
+
+def _transformer(cfg: ModelConfig) -> Decoder:
+    from .transformer import TransformerDecoder
+    return TransformerDecoder(vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
+                              layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
+                              max_len=cfg.max_len + 2, num_locations=cfg.num_locations)
 
 
 _REGISTRY: dict[str, Callable[[ModelConfig], Decoder]] = {
     "lstm": lambda cfg: LSTMDecoder(
         vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
-        decoder_dim=cfg.decoder_dim, attention=cfg.attention, attention_dim=cfg.attention_dim,
-        dropout=cfg.dropout, gate=cfg.gate),
+        decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout, gate=cfg.gate),
+    "gru": lambda cfg: GRUDecoder(
+        vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
+        decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout),
+    "transformer": _transformer,
 }
 
 

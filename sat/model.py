@@ -43,15 +43,20 @@ class CaptionModel(nn.Module):
 
     def loss(self, fmap: torch.Tensor, captions: torch.Tensor, *, pad_id: int = 0,
              alpha_c: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
-        """fmap (B, C, h, w), captions (B, T+1) = <start> w_1 … <end> <pad>… → scalar loss, stats."""
+        """fmap (B, C, h, w), captions (B, T+1) = <start> w_1 … <end> <pad>… → scalar loss, stats.
+
+        The attention kind adds its own terms (`Decoder.regularizer`): the doubly stochastic
+        penalty for soft/dot, REINFORCE + entropy for hard, nothing for uniform.
+        """
         inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T) each
-        logits, alphas = self.decoder(self.annotations(fmap), inputs)  # (B, T, V), (B, T, L)
+        self.decoder.begin_batch()
+        logits, alphas, sample_logp = self.decoder(self.annotations(fmap), inputs)  # (B, T, V), (B, T, L)
         mask = (targets != pad_id).to(logits.dtype)  # (B, T)
         n_tokens = mask.sum().clamp_min(1.0)
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        xent = (nll * mask.flatten()).sum() / n_tokens
-        coverage = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L): Σ_t α_ti over real steps
-        reg = ((1.0 - coverage) ** 2).sum(dim=1).mean()
-        loss = xent + alpha_c * reg
-        stats = {"loss": loss.detach(), "xent": xent.detach(), "att_reg": reg.detach(), "tokens": n_tokens}
-        return loss, {k: float(v) for k, v in stats.items()}
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(mask)
+        nll = nll * mask
+        xent = nll.sum() / n_tokens
+        extra, stats = self.decoder.regularizer(alphas, sample_logp, -nll.sum(1), mask, alpha_c=alpha_c)
+        loss = xent + extra
+        return loss, {"loss": float(loss.detach()), "xent": float(xent.detach()), **stats,
+                      "tokens": float(n_tokens)}

@@ -95,6 +95,7 @@ def _sequential(decoder: Decoder, feats: torch.Tensor, *, max_len: int, pad_id: 
     return hyps
 
 
+@torch.no_grad()
 def greedy(decoder: Decoder, feats: torch.Tensor, *, max_len: int, pad_id: int = 0, start_id: int = 1,
            end_id: int = 2) -> list[Hypothesis]:
     """The most probable word at every step. feats: (B, L, D) annotation vectors."""
@@ -102,6 +103,7 @@ def greedy(decoder: Decoder, feats: torch.Tensor, *, max_len: int, pad_id: int =
                        end_id=end_id, temperature=None, generator=None)
 
 
+@torch.no_grad()
 def sample(decoder: Decoder, feats: torch.Tensor, *, max_len: int, temperature: float = 1.0,
            generator: torch.Generator | None = None, pad_id: int = 0, start_id: int = 1,
            end_id: int = 2) -> list[Hypothesis]:
@@ -112,6 +114,7 @@ def sample(decoder: Decoder, feats: torch.Tensor, *, max_len: int, temperature: 
                        end_id=end_id, temperature=temperature, generator=generator)
 
 
+@torch.no_grad()
 def beam_search(decoder: Decoder, feats: torch.Tensor, *, beam_size: int, max_len: int,
                 length_alpha: float = 0.0, pad_id: int = 0, start_id: int = 1,
                 end_id: int = 2) -> list[Hypothesis]:
@@ -169,6 +172,7 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, *, beam_size: int, max_le
     return hyps
 
 
+@torch.no_grad()
 def decode(decoder: Decoder, feats: torch.Tensor, *, mode: str = "beam", beam_size: int = 3,
            max_len: int = 20, temperature: float = 1.0, length_alpha: float = 0.0,
            generator: torch.Generator | None = None, pad_id: int = 0, start_id: int = 1,

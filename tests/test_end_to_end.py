@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
               "--device", "cpu"]
     code = train_main(["fit", "--out", str(tmp / "weights"), "--run-dir", str(tmp / "run"),
                        "--encoder", "test-tiny", "--image-size", "128", "--epochs", "4", "--batch-size", "16",
-                       "--lr", "0.005", "--embed-dim", "16", "--attention-dim", "16", "--decoder-dim", "32",
+                       "--lr", "0.02", "--dropout", "0", "--alpha-c", "0", "--embed-dim", "16", "--attention-dim", "16", "--decoder-dim", "32",
                        "--with-blind", "--beam-size", "2", *common])
     assert code == 0
     return tmp, common

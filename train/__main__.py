@@ -1,8 +1,8 @@
 """`python -m train [fit|evaluate|scenes] ...` — with no subcommand: the default run.
 
-The default run generates (or reuses) the scenes dataset, extracts features, trains the
-soft-attention LSTM and the blind baseline, evaluates both on the test split with beam 3 and
-writes `assets/weights/soft/` (float16 safetensors + JSON + model card).
+The default run generates (or reuses) the scenes dataset, extracts features, trains the soft- and
+hard-attention LSTMs and the blind baseline, evaluates them on the test split with beam 3 and
+writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + JSON + model card).
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 from sat.config import ModelConfig
 from train.loop import TrainConfig
-from train.pipeline import REPO, DataConfig, run_evaluate, run_fit
+from train.pipeline import REPO, DataConfig, run_default, run_evaluate, run_fit
 
 # NOTE: the shipped model's settings; `fit` exposes each as a flag.
 DEFAULT_MODEL = ModelConfig(embed_dim=256, attention_dim=256, decoder_dim=256, dropout=0.5)
-DEFAULT_TRAIN = TrainConfig(epochs=8, batch_size=64, lr=1e-3, early_stop=3, lr_patience=1)
+DEFAULT_TRAIN = TrainConfig(epochs=8, batch_size=64, lr=1e-3, early_stop=3, lr_patience=1, captions_per_image=2)
 BLIND_EPOCHS = 3
 
 
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     fit_p.add_argument("--beam-size", type=int, default=3, help="beam size of the final test evaluation")
     fit_p.add_argument("--with-blind", action="store_true", help="also train+evaluate the blind baseline")
     fit_p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    fit_p.add_argument("--push-to-hub", metavar="OWNER/REPO", default=None,
+                       help="then upload the weights folder to this Hub model repo (token: HF_TOKEN "
+                            "or `hf auth login`); see sat/hub.py")
+    fit_p.add_argument("--hub-revision", default=None, help="branch to push to (default main)")
+    fit_p.add_argument("--hub-private", action="store_true", help="create the Hub repo as private")
     _add_dataclass_flags(fit_p, ModelConfig, DEFAULT_MODEL, skip=DERIVED)
     _add_dataclass_flags(fit_p, TrainConfig, DEFAULT_TRAIN)
 
@@ -63,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--beam-size", type=int, default=3)
     ev.add_argument("--json", type=Path, default=None, help="write the metrics here")
 
+    cmp_p = sub.add_parser("compare", help="train/evaluate every variant; write assets/results.{md,json}")
+    cmp_p.add_argument("--beam-size", type=int, default=3)
+    cmp_p.add_argument("--only", nargs="+", default=None, help="a subset of the variants")
+    cmp_p.add_argument("--out-dir", type=Path, default=None, help="where results.md/json go (default assets/)")
+    _add_dataclass_flags(cmp_p, ModelConfig, DEFAULT_MODEL, skip=DERIVED | {"attention", "decoder", "blind"})
+    _add_dataclass_flags(cmp_p, TrainConfig, DEFAULT_TRAIN)
+
     sc = sub.add_parser("scenes", help="only generate the scenes dataset")
-    for p in (fit_p, ev, sc):
+    for p in (fit_p, ev, cmp_p, sc):
         _add_dataclass_flags(p, DataConfig, DataConfig())
         p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -74,16 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m train", *(shlex.quote(a) for a in argv)])
     try:
         if args.cmd is None:
-            out = REPO / "assets" / "weights" / "soft"
-            run_fit(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), out=out, run_dir=REPO / "runs" / "soft",
-                    beam_size=3, with_blind=True, blind_epochs=BLIND_EPOCHS, command=command)
+            run_default(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), weights_root=REPO / "assets" / "weights",
+                        runs=REPO / "runs", blind_epochs=BLIND_EPOCHS, beam_size=3, command=command)
         elif args.cmd == "fit":
+            if args.push_to_hub:
+                from sat.hub import check_repo_id
+                check_repo_id(args.push_to_hub)  # NOTE: a typo fails now, not after the training
             run_fit(_pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args),
                     out=args.out, run_dir=args.run_dir, beam_size=args.beam_size, with_blind=args.with_blind,
                     resume=args.resume, device=args.device, progress=not args.no_progress, command=command)
+            if args.push_to_hub:
+                from sat.hub import push_to_hub
+                url = push_to_hub(args.out, args.push_to_hub, revision=args.hub_revision,
+                                  private=args.hub_private)
+                print(f"pushed {args.out} to {args.push_to_hub}: {url}")
         elif args.cmd == "evaluate":
             run_evaluate(args.weights, _pick(DataConfig, args), split=args.split, beam_size=args.beam_size,
                          json_out=args.json, device=args.device, progress=not args.no_progress)
+        elif args.cmd == "compare":
+            from train.compare import run_compare
+            run_compare(_pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args), beam_size=args.beam_size,
+                        only=args.only, out_dir=args.out_dir, device=args.device, progress=not args.no_progress,
+                        command=command)
         elif args.cmd == "scenes":
             from train.pipeline import load_records
             records, root = load_records(_pick(DataConfig, args), progress=not args.no_progress)

@@ -12,30 +12,35 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sat.model import CaptionModel
-from sat.search import decode
+from sat.search import Hypothesis, decode
 from sat.vocab import Vocab
-from train.metrics import caption_metrics
+from train.metrics import CaptionScorer, caption_metrics
 
 
 @torch.inference_mode()
-def generate_words(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, *, mode: str = "beam",
-                   beam_size: int = 3, max_len: int | None = None, batch_size: int = 100,
-                   device: torch.device | str = "cpu", progress: bool = False) -> list[list[str]]:
-    """Caption cached trunk maps (N, C, h, w) → one word list per image (specials removed)."""
+def generate(model: CaptionModel, maps: torch.Tensor, *, vocab: Vocab, mode: str = "beam", beam_size: int = 3,
+             max_len: int | None = None, batch_size: int = 100, device: torch.device | str = "cpu",
+             progress: bool = False) -> list[Hypothesis]:
+    """Caption cached trunk maps (N, C, h, w) → one search hypothesis per image."""
     model.eval()
     max_len = model.config.max_len if max_len is None else max_len
-    out: list[list[str]] = []
+    out: list[Hypothesis] = []
     starts = range(0, maps.size(0), batch_size)
     for s in tqdm(starts, desc="captioning", unit="batch", disable=not progress, leave=False):
         feats = model.annotations(maps[s:s + batch_size].to(device, torch.float32))  # (b, L, D)
-        hyps = decode(model.decoder, feats, mode=mode, beam_size=beam_size, max_len=max_len,
-                      pad_id=vocab.pad_id, start_id=vocab.start_id, end_id=vocab.end_id)
-        out.extend(vocab.decode(h.tokens) for h in hyps)
+        out.extend(decode(model.decoder, feats, mode=mode, beam_size=beam_size, max_len=max_len,
+                          pad_id=vocab.pad_id, start_id=vocab.start_id, end_id=vocab.end_id))
     return out
+
+
+def generate_words(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, **kwargs) -> list[list[str]]:
+    """Like `generate`, but only the words (specials removed)."""
+    return [vocab.decode(h.tokens) for h in generate(model, maps, vocab=vocab, **kwargs)]
 
 
 def bleu4_quick(references: Sequence[Sequence[Sequence[str]]], hypotheses: Sequence[Sequence[str]]) -> float:
@@ -55,24 +60,44 @@ def bleu4_quick(references: Sequence[Sequence[Sequence[str]]], hypotheses: Seque
 
 def score_split(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, references: Sequence[Sequence[str]],
                 *, beam_size: int = 3, device: torch.device | str = "cpu", progress: bool = True,
-                ids: Sequence[str] | None = None) -> tuple[dict, list[list[str]]]:
-    """Generate with beam search and compute the official metrics. references: raw strings per image."""
+                ids: Sequence[str] | None = None,
+                truth: Sequence[tuple[list[dict], np.ndarray]] | None = None,
+                scorer: CaptionScorer | None = None) -> tuple[dict, list[list[str]]]:
+    """Generate with beam search and compute the official metrics. references: raw strings per image.
+
+    With `truth` (per image: objects and their (H, W) mask, as the scenes provide), also the
+    grounding score of the generated object words and its uniform-attention chance level.
+    A `scorer` keeps one METEOR JVM alive across several evaluations (it starts in ~10 s).
+    """
     mode = "greedy" if beam_size == 1 else "beam"
-    words = generate_words(model, vocab, maps, mode=mode, beam_size=beam_size, device=device,
-                           progress=progress)
+    hyps = generate(model, maps, vocab=vocab, mode=mode, beam_size=beam_size, device=device, progress=progress)
+    words = [vocab.decode(h.tokens) for h in hyps]
     keys = list(ids) if ids is not None else [str(i) for i in range(len(words))]
     refs = {k: list(r) for k, r in zip(keys, references)}
-    hyps = {k: " ".join(w) for k, w in zip(keys, words)}
-    metrics = caption_metrics(refs, hyps)
+    metrics = (scorer.score if scorer else caption_metrics)(refs, {k: " ".join(w) for k, w in zip(keys, words)})
     metrics.update({"n_images": len(words), "beam_size": beam_size})
+    if truth is not None:
+        from train.grounding import grounding_scores, uniform_chance
+        grid = model.config.grid
+        caps = [([vocab.itos[i] for i in h.tokens], h.alphas.numpy().reshape(len(h.tokens), *grid)) for h in hyps]
+        objects, masks = [t[0] for t in truth], [t[1] for t in truth]
+        g = grounding_scores(caps, objects, masks, image_size=model.config.image_size, resize=model.config.resize)
+        chance = uniform_chance(caps, objects, masks)
+        g.update({"chance_pointing": chance["pointing"], "chance_mass": chance["mass"]})
+        metrics["grounding"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()}
     return metrics, words
 
 
 def write_metrics(metrics: dict, path: str | Path | None) -> None:
     """Print a metrics table; write JSON when a path is given."""
     keys = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"]
-    print(" | ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
-          + f" | n_images {metrics.get('n_images')} | beam {metrics.get('beam_size')}")
+    line = " | ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+    line += f" | n_images {metrics.get('n_images')} | beam {metrics.get('beam_size')}"
+    if "grounding" in metrics:
+        g = metrics["grounding"]
+        line += (f"\ngrounding: pointing {g['pointing']:.3f} (chance {g['chance_pointing']:.3f}) | "
+                 f"mass {g['mass']:.3f} (chance {g['chance_mass']:.3f}) | {g['n_words']} object words")
+    print(line)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -169,7 +169,8 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
         model.train()
         perm = data.epoch_order(shuffle, config.captions_per_image)
         n_batches = math.ceil(len(perm) / config.batch_size)
-        tot = {"loss": 0.0, "xent": 0.0, "att_reg": 0.0}
+        tot: dict[str, float] = {}
+        cnt: dict[str, int] = {}
         seen = 0
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         for b in bar:
@@ -184,8 +185,10 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             steps += 1
-            for k in tot:
-                tot[k] += stats[k] * len(idx)
+            for k, v in stats.items():
+                if k != "tokens":
+                    tot[k] = tot.get(k, 0.0) + v * len(idx)
+                    cnt[k] = cnt.get(k, 0) + len(idx)
             seen += len(idx)
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", xent=f"{stats['xent']:.3f}")
@@ -202,8 +205,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             torch.save(model.state_dict(), out / BEST)
         else:
             bad += 1
-        row = {"epoch": epoch, "steps": steps, "train_loss": tot["loss"] / seen,
-               "train_xent": tot["xent"] / seen, "train_att_reg": tot["att_reg"] / seen,
+        row = {"epoch": epoch, "steps": steps, **{f"train_{k}": tot[k] / cnt[k] for k in sorted(tot)},
                "val_score": score, "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_secs, 1),
                "epoch_seconds": round(time.time() - t0, 1)}
         history.append(row)

@@ -20,6 +20,7 @@ from train.data.karpathy import ImageRecord, load_karpathy
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
 from train.loop import CaptionData, TrainConfig, fit
+from train.metrics import CaptionScorer
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
@@ -65,19 +66,12 @@ def load_records(dc: DataConfig, *, progress: bool = True) -> tuple[list[ImageRe
         json_path = generate_scenes(root, n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test,
                                     image_size=dc.scene_size, seed=dc.data_seed, progress=progress)
         return load_karpathy(json_path, image_root=root), root
-    if dc.dataset == "karpathy":
-        if not dc.data_root:
-            raise ValueError("--dataset karpathy needs --data-root (the folder of the images)")
-        root = Path(dc.data_root)
-        ann = Path(dc.annotations) if dc.annotations else None
-        if ann is None:
-            found = sorted(root.glob("dataset_*.json"))
-            if len(found) != 1:
-                raise ValueError(f"looked for one dataset_*.json in {root}, found {[p.name for p in found]}; "
-                                 "pass --annotations FILE")
-            ann = found[0]
-        return load_karpathy(ann, image_root=root), root
-    raise ValueError(f"unknown dataset {dc.dataset!r}: use 'scenes' or 'karpathy'")
+    from train.data import load_dataset
+    if not dc.data_root:
+        raise ValueError(f"--dataset {dc.dataset} needs --data-root (the dataset's folder)")
+    loaded = load_dataset(dc.dataset, Path(dc.data_root), annotations=dc.annotations or None,
+                          seed=dc.data_seed)
+    return loaded.records, loaded.root
 
 
 def features_for(records: list[ImageRecord], root: Path, cfg: ModelConfig, dc: DataConfig, *,
@@ -150,14 +144,21 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
 
 
 def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], cache: FeatureCache, *,
-                split: str, beam_size: int, device: torch.device, progress: bool = True) -> dict:
+                split: str, beam_size: int, device: torch.device, progress: bool = True,
+                root: Path | None = None, scorer: CaptionScorer | None = None) -> dict:
+    """Official metrics on a split; plus grounding when the records carry object masks (scenes)."""
     rows = split_rows(records, cache, split)
     if not rows:
         raise ValueError(f"the {split!r} split has no usable images")
     by_id = {r.image_id: r for r in records}
-    refs = [list(by_id[cache.ids[i]].raw) for i in rows]
-    metrics, _ = score_split(model, vocab, cache.tensor(rows), refs, beam_size=beam_size, device=device,
-                             progress=progress, ids=[cache.ids[i] for i in rows])
+    recs = [by_id[cache.ids[i]] for i in rows]
+    truth = None
+    if root is not None and all("objects" in r.extra and "mask" in r.extra for r in recs):
+        from train.grounding import load_scene_truth
+        truth = [load_scene_truth(r.extra, root) for r in recs]
+    metrics, _ = score_split(model, vocab, cache.tensor(rows), [list(r.raw) for r in recs], beam_size=beam_size,
+                             device=device, progress=progress, ids=[r.image_id for r in recs], truth=truth,
+                             scorer=scorer)
     metrics["split"] = split
     return metrics
 
@@ -191,48 +192,107 @@ def save_run(folder: Path, model: CaptionModel, vocab: Vocab, metrics: dict, car
     print(f"weights written to {folder}")
 
 
-def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,
-            beam_size: int = 3, with_blind: bool = False, blind_epochs: int | None = None,
-            resume: bool = False, device: str = "auto", progress: bool = True,
-            metrics_json: Path | None = None, command: str = "python -m train") -> dict:
-    """Train (and the blind baseline when asked), evaluate on test, write the weights folder."""
-    t_start = time.time()
-    dev = device_from(device)
+@dataclass
+class Prepared:
+    """Everything the models of one run share: records, vocabulary and the feature cache."""
+    dc: DataConfig
+    records: list[ImageRecord]
+    root: Path
+    vocab: Vocab
+    cache: FeatureCache
+    counts: dict[str, int]
+
+
+@dataclass
+class Trained:
+    model: CaptionModel
+    tc: TrainConfig
+    history: list[dict]
+    seconds: float
+    metrics: dict
+
+
+def prepare(dc: DataConfig, cfg: ModelConfig, *, device: torch.device, progress: bool = True) -> Prepared:
+    """Load (or generate) the data, build the vocabulary from train captions, extract features."""
     records, root = load_records(dc, progress=progress)
     counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
     vocab = Vocab.build((c for r in records if r.split == "train" for c in r.captions),
                         min_freq=dc.min_freq, max_len=cfg.max_len)
     print(f"dataset {dc.dataset} at {root}: {counts}, vocabulary {len(vocab)}")
-    cache = features_for(records, root, cfg, dc, device=dev, progress=progress)
+    cache = features_for(records, root, cfg, dc, device=device, progress=progress)
     if cache.failed:
         print(f"skipped {len(cache.failed)} unreadable images, e.g. {next(iter(cache.failed.values()))}")
-    cfg = complete_config(cfg, vocab, cache)
-    run_dir = run_dir or (REPO / "runs" / out.name)
-    model, history, secs = train_one(cfg, tc, dc, records=records, cache=cache, vocab=vocab,
-                                     run_dir=run_dir, device=dev, resume=resume, progress=progress)
-    metrics = evaluate_on(model, vocab, records, cache, split="test", beam_size=beam_size, device=dev,
-                          progress=progress)
-    metrics.update({"dataset": dc.dataset, "train_seconds": round(secs, 1)})
+    return Prepared(dc, records, root, vocab, cache, counts)
+
+
+def fit_and_evaluate(prep: Prepared, cfg: ModelConfig, tc: TrainConfig, *, run_dir: Path, beam_size: int,
+                     device: torch.device, resume: bool = False, progress: bool = True,
+                     scorer: CaptionScorer | None = None) -> Trained:
+    """Train one model on the prepared data and score it on the test split."""
+    cfg = complete_config(cfg, prep.vocab, prep.cache)
+    model, history, secs = train_one(cfg, tc, prep.dc, records=prep.records, cache=prep.cache, vocab=prep.vocab,
+                                     run_dir=run_dir, device=device, resume=resume, progress=progress)
+    metrics = evaluate_on(model, prep.vocab, prep.records, prep.cache, split="test", beam_size=beam_size,
+                          device=device, progress=progress, root=prep.root, scorer=scorer)
+    metrics.update({"dataset": prep.dc.dataset, "train_seconds": round(secs, 1),
+                    "params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    print(f"{'blind ' if cfg.blind else ''}{cfg.attention}/{cfg.decoder} on test:")
     write_metrics(metrics, None)
-    if with_blind:
-        btc = TrainConfig(**{**asdict(tc), "epochs": blind_epochs or tc.epochs})
-        blind, _, bsecs = train_one(cfg.replace(blind=True), btc, dc, records=records, cache=cache,
-                                    vocab=vocab, run_dir=run_dir.with_name(run_dir.name + "-blind"),
-                                    device=dev, resume=resume, progress=progress)
-        bm = evaluate_on(blind, vocab, records, cache, split="test", beam_size=beam_size, device=dev,
-                         progress=progress)
-        bm["train_seconds"] = round(bsecs, 1)
-        print("blind baseline:")
-        write_metrics(bm, None)
-        metrics["blind"] = bm
-    metrics["total_seconds"] = round(time.time() - t_start, 1)
-    card = model_card(cfg=cfg, tc=tc, dc=dc, metrics=metrics, history=history, seconds=secs,
-                      command=command, counts=counts)
-    save_run(out, model, vocab, metrics, card)
-    if metrics_json:
-        write_metrics(metrics, metrics_json)
-    print(f"total {metrics['total_seconds'] / 60:.1f} min")
-    return metrics
+    return Trained(model, tc, history, secs, metrics)
+
+
+def ship(out: Path, t: Trained, prep: Prepared, *, command: str) -> None:
+    """Write a weights folder with its model card."""
+    card = model_card(cfg=t.model.config, tc=t.tc, dc=prep.dc, metrics=t.metrics, history=t.history,
+                      seconds=t.seconds, command=command, counts=prep.counts)
+    save_run(out, t.model, prep.vocab, t.metrics, card)
+
+
+def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,
+            beam_size: int = 3, with_blind: bool = False, blind_epochs: int | None = None,
+            resume: bool = False, device: str = "auto", progress: bool = True,
+            command: str = "python -m train") -> dict:
+    """Train (and the blind baseline when asked), evaluate on test, write the weights folder."""
+    t_start = time.time()
+    dev = device_from(device)
+    prep = prepare(dc, cfg, device=dev, progress=progress)
+    run_dir = run_dir or (REPO / "runs" / out.name)
+    with CaptionScorer() as scorer:
+        main = fit_and_evaluate(prep, cfg, tc, run_dir=run_dir, beam_size=beam_size, device=dev, resume=resume,
+                                progress=progress, scorer=scorer)
+        if with_blind:
+            btc = TrainConfig(**{**asdict(tc), "epochs": blind_epochs or tc.epochs})
+            blind = fit_and_evaluate(prep, cfg.replace(blind=True), btc, beam_size=beam_size, device=dev,
+                                     run_dir=run_dir.with_name(run_dir.name + "-blind"), resume=resume,
+                                     progress=progress, scorer=scorer)
+            main.metrics["blind"] = blind.metrics
+    main.metrics["total_seconds"] = round(time.time() - t_start, 1)
+    ship(out, main, prep, command=command)
+    print(f"total {main.metrics['total_seconds'] / 60:.1f} min")
+    return main.metrics
+
+
+def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_root: Path, runs: Path,
+                blind_epochs: int, beam_size: int = 3, device: str = "auto", progress: bool = True,
+                command: str = "python -m train") -> dict[str, dict]:
+    """The bundled weights: soft and hard attention (LSTM) plus the blind baseline, one data pass."""
+    t_start = time.time()
+    dev = device_from(device)
+    prep = prepare(dc, cfg, device=dev, progress=progress)
+    trained = {}
+    with CaptionScorer() as scorer:
+        for name in ("soft", "hard"):
+            trained[name] = fit_and_evaluate(prep, cfg.replace(attention=name), tc, run_dir=runs / name,
+                                             beam_size=beam_size, device=dev, progress=progress, scorer=scorer)
+        btc = TrainConfig(**{**asdict(tc), "epochs": blind_epochs})
+        blind = fit_and_evaluate(prep, cfg.replace(blind=True), btc, run_dir=runs / "blind", beam_size=beam_size,
+                                 device=dev, progress=progress, scorer=scorer)
+    total = round(time.time() - t_start, 1)
+    for name, t in trained.items():
+        t.metrics.update({"blind": blind.metrics, "total_seconds": total})
+        ship(weights_root / name, t, prep, command=command)
+    print(f"total {total / 60:.1f} min")
+    return {name: t.metrics for name, t in trained.items()}
 
 
 def run_evaluate(weights: Path, dc: DataConfig, *, split: str = "test", beam_size: int = 3,
@@ -244,7 +304,7 @@ def run_evaluate(weights: Path, dc: DataConfig, *, split: str = "test", beam_siz
     records, root = load_records(dc, progress=progress)
     cache = features_for(records, root, cap.config, dc, device=dev, progress=progress)
     metrics = evaluate_on(cap.model, cap.vocab, records, cache, split=split, beam_size=beam_size,
-                          device=dev, progress=progress)
+                          device=dev, progress=progress, root=root)
     metrics["dataset"] = dc.dataset
     write_metrics(metrics, json_out)
     return metrics

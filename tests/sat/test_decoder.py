@@ -20,7 +20,8 @@ def test_soft_attention_is_a_distribution_and_weights_the_context():
     torch.manual_seed(0)
     att = SoftAttention(encoder_dim=5, decoder_dim=4, attention_dim=3)
     feats = torch.randn(2, 7, 5)
-    ctx, alpha = att(feats, att.prepare(feats), torch.randn(2, 4))
+    ctx, alpha, logp = att(feats, att.prepare(feats), torch.randn(2, 4))
+    assert logp is None
     assert alpha.shape == (2, 7) and ctx.shape == (2, 5)
     assert torch.allclose(alpha.sum(-1), torch.ones(2))
     assert torch.allclose(ctx, (alpha.unsqueeze(-1) * feats).sum(1), atol=1e-6)
@@ -33,8 +34,8 @@ def test_teacher_forcing_equals_step_by_step():
     dec = create_decoder(cfg()).eval()
     feats = torch.randn(3, 6, 8)
     inputs = torch.randint(1, 11, (3, 5))
-    fast_logits, fast_alpha = dec(feats, inputs)
-    slow_logits, slow_alpha = Decoder.forward(dec, feats, inputs)  # the generic step loop
+    fast_logits, fast_alpha, _ = dec(feats, inputs)
+    slow_logits, slow_alpha, _ = Decoder.forward(dec, feats, inputs)  # the generic step loop
     assert fast_logits.shape == (3, 5, 11) and fast_alpha.shape == (3, 5, 6)
     assert torch.allclose(fast_logits, slow_logits, atol=1e-5)
     assert torch.allclose(fast_alpha, slow_alpha, atol=1e-6)
@@ -70,7 +71,7 @@ def test_doubly_stochastic_term_matches_its_formula():
     caps = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 8, 9, 2]])
     l0, st0 = model.loss(fmap, caps, alpha_c=0.0)
     l1, st1 = model.loss(fmap, caps, alpha_c=1.0)
-    _, alphas = model.decoder(model.annotations(fmap), caps[:, :-1])  # (B, T, L)
+    _, alphas, _ = model.decoder(model.annotations(fmap), caps[:, :-1])  # (B, T, L)
     mask = (caps[:, 1:] != 0).float().unsqueeze(-1)
     expected = ((1 - (alphas * mask).sum(1)) ** 2).sum(1).mean()
     assert st1["att_reg"] == pytest.approx(expected.item(), rel=1e-5)

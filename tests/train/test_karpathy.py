@@ -190,3 +190,20 @@ def test_malformed(tmp_path: Path, data: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match) as info:
         load_karpathy(path)
     assert "bad_dataset.json" in str(info.value)
+
+
+def test_load_dataset_karpathy_checks_images_and_states_restval(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from train.data import load_dataset, summarize
+
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(COCO), encoding="utf-8")
+    for entry in COCO["images"][1:]:  # the first (test) image is not on disk
+        (tmp_path / entry["filepath"]).mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / entry["filepath"] / entry["filename"])
+    with pytest.warns(UserWarning, match="COCO_val2014_000000391895.jpg"):
+        loaded = load_dataset("karpathy", tmp_path, verbose=False)
+    assert [(r.image_id, r.split) for r in loaded.records] == [("522418", "train"), ("9", "train")]
+    assert loaded.skipped == {"missing image file": 1, "empty caption": 2, "no captions": 1}
+    text = summarize(loaded)
+    assert "1 restval images folded into train" in text and "1 image (missing image file)" in text

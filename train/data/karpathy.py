@@ -52,7 +52,8 @@ class ImageRecord:
     ``filename``), which is unique within a dataset file and stable across runs.
     ``raw`` holds the original sentence strings, aligned with ``captions``.
     ``extra`` keeps any other per-image keys (``imgid``, ``cocoid``, and e.g.
-    ``objects``/``mask`` in the scenes dataset).
+    ``objects``/``mask`` in the scenes dataset), plus ``karpathy_split: "restval"``
+    for images whose split was folded into ``"train"``.
     """
 
     image_id: str
@@ -140,7 +141,8 @@ def _parse_entry(
         split=_SPLIT_ALIASES[split],
         captions=tuple(captions),
         raw=tuple(raws),
-        extra={k: v for k, v in entry.items() if k not in _CONSUMED_KEYS},
+        extra={k: v for k, v in entry.items() if k not in _CONSUMED_KEYS}
+        | ({"karpathy_split": split} if split != _SPLIT_ALIASES[split] else {}),
     )
 
 

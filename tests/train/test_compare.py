@@ -1,0 +1,47 @@
+"""`python -m train compare` on a tiny generated dataset: every row, the table, reuse on rerun."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train.__main__ import main as train_main
+from train.compare import VARIANTS, word_frequency_caption
+
+
+def test_word_frequency_caption_is_the_per_position_mode():
+    caps = [["a", "red", "circle"], ["a", "blue", "circle"], ["a", "red", "star", "left"], ["the", "red", "x"]]
+    assert word_frequency_caption(caps) == ["a", "red", "circle"]
+    with pytest.raises(ValueError):
+        word_frequency_caption([])
+
+
+def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
+    args = ["compare", "--data-root", str(tmp_path / "scenes"), "--cache-dir", str(tmp_path / "cache"),
+            "--n-train", "24", "--n-val", "4", "--n-test", "6", "--scene-size", "64", "--min-freq", "1",
+            "--encoder", "test-tiny", "--image-size", "64", "--embed-dim", "8", "--attention-dim", "8",
+            "--decoder-dim", "16", "--heads", "2", "--epochs", "1", "--batch-size", "16", "--beam-size", "2",
+            "--out-dir", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]
+    import train.compare as C
+    runs = tmp_path / "runs"
+    orig = C.run_compare
+    C.run_compare = lambda *a, **kw: orig(*a, runs=runs, **kw)  # keep runs/ of the repository clean
+    try:
+        assert train_main(args) == 0
+        rows = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert [r["name"] for r in rows] == list(VARIANTS) + ["word_frequency"]
+        for r in rows:
+            assert {"bleu4", "meteor", "rouge_l", "cider", "params", "train_seconds"} <= set(r), r["name"]
+            assert ("grounding" in r) == (r["name"] != "word_frequency")
+        params = {r["name"]: r["params"] for r in rows}
+        assert params["uniform"] < params["soft"] and params["word_frequency"] == 0
+        table = (tmp_path / "out" / "results.md").read_text()
+        assert all(f"| {name} |" in table for name in params)
+        capsys.readouterr()
+        assert train_main(args) == 0  # second run: nothing retrained
+        out = capsys.readouterr().out
+        assert out.count("reusing") == len(VARIANTS) and "training" not in out
+        again = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert [r["bleu4"] for r in again] == pytest.approx([r["bleu4"] for r in rows])
+    finally:
+        C.run_compare = orig
