@@ -1,0 +1,261 @@
+"""The app's work, free of any UI: load the two models, caption an upload with both, render overlays.
+
+`studio.ui` wires these functions to Gradio components; tests call them directly. Every image goes
+through `sat.encoder.load_image` (one decoding path, our error messages) and every overlay through
+`sat.viz` (one attention-drawing implementation).
+
+    slots = [load_slot("soft", "assets/weights/soft"), load_slot("hard", "hf://owner/sat-hard")]
+    result = caption_upload(slots, "photo.jpg", DecodeOptions(mode="beam", beam_size=3))
+    render_overlay(result, "soft", 2, opacity=0.6, smooth=0.5)   # PIL image, word 3's attention
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sat.captioner import Caption, Captioner
+from sat.encoder import ImageError, load_image
+from sat.hub import resolve_weights
+from sat.viz import DEFAULT_SMOOTH, save_attention_grid, upsample_attention, overlay
+from sat.weights import WeightsError
+
+log = logging.getLogger("sat.studio")
+REPO = Path(__file__).resolve().parent.parent
+DISPLAY_SIDE = 512
+"""Overlays are drawn on a copy of the photo whose long side is at most this (display only; the
+model sees the full image) ..."""
+DISPLAY_MIN_SIDE = 384
+"""... and at least this, so a small picture (a 224-px scene) still shows a readable map."""
+MODES = ("beam", "greedy", "sample")
+MAX_LEN_LIMIT = 50
+TITLES = {"soft": "Soft attention", "hard": "Hard attention"}
+
+
+@dataclass
+class ModelSlot:
+    """One column of the app: a loaded Captioner, or the reason it could not be loaded."""
+
+    name: str
+    spec: str
+    captioner: Captioner | None = None
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.captioner is not None
+
+    @property
+    def title(self) -> str:
+        return TITLES.get(self.name, self.name)
+
+
+def load_slot(name: str, spec: "str | Path | Captioner | ModelSlot | None", *,
+              device: str | None = None, warmup: bool = True) -> ModelSlot:
+    """Resolve + load a weights spec; a failure is kept as a message for the UI, never raised."""
+    if isinstance(spec, ModelSlot):
+        return spec
+    if isinstance(spec, Captioner):
+        return ModelSlot(name, spec.source or "(in memory)", captioner=spec)
+    if spec is None or str(spec) == "":
+        return ModelSlot(name, "", error="no weights folder given")
+    try:
+        cap = Captioner.load(resolve_weights(spec), device=device)
+    except (WeightsError, ValueError, OSError) as e:
+        # NOTE: ValueError covers config.json values this version rejects (ModelConfig checks).
+        return ModelSlot(name, str(spec), error=str(e))
+    if warmup:
+        # NOTE: the first forward pass allocates and picks kernels (hundreds of ms); pay it at
+        # start-up instead of on the first person's request.
+        size = cap.config.image_size
+        cap.caption(Image.new("RGB", (size, size), (127, 127, 127)), mode="greedy", max_len=3)
+    return ModelSlot(name, str(spec), captioner=cap)
+
+
+# ----------------------------------------------------------------------------- describing weights
+
+def pretty_spec(spec: str) -> str:
+    """A weights spec as people should read it: paths inside the repository made relative."""
+    if spec.startswith("hf://"):
+        return spec
+    try:
+        return str(Path(spec).resolve().relative_to(REPO))
+    except (ValueError, OSError):
+        return spec
+
+
+def trained_on(cap: Captioner) -> str:
+    """What the weights were trained on, from metrics.json or the model card's "Data:" line."""
+    dataset = str(cap.metrics.get("dataset", "")).strip()
+    if not dataset:
+        m = re.search(r"^- Data: `([^`]+)`", cap.card, flags=re.MULTILINE)
+        dataset = m.group(1) if m else ""
+    return dataset
+
+
+def describe_slot(slot: ModelSlot) -> str:
+    """Markdown: which weights this column uses and what they were trained on (or why it is empty)."""
+    if not slot.ready:
+        env = f"SAT_WEIGHTS_{slot.name.upper()}"
+        return (f"⚠️ **{slot.title} is not available.** {slot.error}.  \n"
+                f"Point `{env}` or `--{slot.name}` at a weights folder or `hf://owner/repo[@revision]`.")
+    cap = slot.captioner
+    assert cap is not None
+    cfg = cap.config
+    dataset = trained_on(cap)
+    if dataset == "scenes":
+        data = ("**synthetic scenes** (coloured shapes on plain backgrounds): it describes shapes, "
+                "colours and layout, and is *not* a photo model")
+    elif dataset:
+        data = f"**{dataset}**"
+    else:
+        data = "**unknown** (no dataset recorded in metrics.json or the model card)"
+    bleu = cap.metrics.get("bleu4")
+    score = f" · test BLEU-4 {bleu:.3f}" if isinstance(bleu, (int, float)) else ""
+    return (f"Weights: `{pretty_spec(slot.spec)}` · {cfg.attention} attention, {cfg.decoder.upper()} decoder, "
+            f"`{cfg.encoder}` {cfg.grid[0]}×{cfg.grid[1]}{score}  \nTrained on {data}.")
+
+
+# ----------------------------------------------------------------------------- captioning
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    mode: str = "beam"
+    beam_size: int = 3
+    temperature: float = 1.0
+    max_len: int = 20
+
+    def checked(self) -> "DecodeOptions":
+        """Coerce UI values (sliders send floats) and reject nonsense with a readable ValueError."""
+        if self.mode not in MODES:
+            raise ValueError(f"decoding must be one of {', '.join(MODES)}, got {self.mode!r}")
+        beam, max_len, temp = int(round(self.beam_size)), int(round(self.max_len)), float(self.temperature)
+        if not 1 <= beam <= 10:
+            raise ValueError(f"beam size must be 1–10, got {self.beam_size}")
+        if not 1 <= max_len <= MAX_LEN_LIMIT:
+            raise ValueError(f"max length must be 1–{MAX_LEN_LIMIT}, got {self.max_len}")
+        if not 0.0 < temp <= 10.0:
+            raise ValueError(f"temperature must be in (0, 10], got {self.temperature}")
+        return DecodeOptions(self.mode, beam, temp, max_len)
+
+
+@dataclass
+class ModelOutput:
+    caption: Caption
+    resize: str
+    image_size: int
+    source: str
+
+
+@dataclass
+class StudioResult:
+    """Both models' captions of one image, plus the display-size copy the overlays are drawn on."""
+
+    display: Image.Image
+    size: tuple[int, int]
+    """(W, H) of the decoded (upright) photo."""
+    outputs: dict[str, ModelOutput] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def n_tokens(self, name: str) -> int:
+        out = self.outputs.get(name)
+        return len(out.caption.tokens) if out else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's answer: per model words, tokens, probabilities, score and (T, h, w) attention."""
+        models: dict[str, Any] = {}
+        for name, out in self.outputs.items():
+            models[name] = {**out.caption.to_dict(), "grid": list(out.caption.attention.shape[1:]),
+                            "weights": out.source}
+        for name, err in self.errors.items():
+            models[name] = {"error": err}
+        return {"image": {"width": self.size[0], "height": self.size[1]}, **models}
+
+
+def display_copy(image: Image.Image, side: int = DISPLAY_SIDE, min_side: int = DISPLAY_MIN_SIDE
+                 ) -> Image.Image:
+    """The photo scaled so its long side is in [min_side, side] (aspect ratio kept)."""
+    w, h = image.size
+    if max(w, h) > side:
+        img = image.copy()
+        img.thumbnail((side, side), Image.BICUBIC, reducing_gap=2.0)
+        return img
+    if max(w, h) < min_side:
+        scale = min_side / max(w, h)
+        return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    return image.copy()
+
+
+def caption_upload(slots: list[ModelSlot], source: str | Path | bytes | Image.Image,
+                   options: DecodeOptions) -> StudioResult:
+    """Decode the upload once and caption it with every loaded model.
+
+    Raises `ImageError` (unreadable input) or ValueError (bad options) with a message for people.
+    """
+    opts = options.checked()
+    image = load_image(source)
+    result = StudioResult(display=display_copy(image), size=image.size)
+    for slot in slots:
+        if not slot.ready:
+            result.errors[slot.name] = slot.error or "not loaded"
+            continue
+        cap = slot.captioner
+        assert cap is not None
+        with torch.inference_mode():
+            out = cap.caption(image, mode=opts.mode, beam_size=opts.beam_size, max_len=opts.max_len,
+                              temperature=opts.temperature)
+        result.outputs[slot.name] = ModelOutput(out, cap.config.resize, cap.config.image_size, slot.spec)
+    return result
+
+
+def safe_caption(slots: list[ModelSlot], source: Any, options: DecodeOptions
+                 ) -> tuple[StudioResult | None, str]:
+    """`caption_upload` that never raises: (result, "") or (None, a message for the person)."""
+    if source is None or source == "":
+        return None, "Upload an image (or pick an example) to caption it."
+    name = Path(str(source)).name if isinstance(source, (str, Path)) else "the upload"
+    try:
+        return caption_upload(slots, source, options), ""
+    except ImageError as e:
+        return None, f"⚠️ **Can't read {name}:** {_strip_name(str(e), name)}"
+    except ValueError as e:
+        return None, f"⚠️ **Invalid setting:** {e}"
+    except Exception as e:  # noqa: BLE001 — the app keeps serving; the log keeps the traceback
+        log.exception("captioning %s failed", name)
+        return None, f"⚠️ **Captioning failed:** {type(e).__name__}: {e}"
+
+
+def _strip_name(message: str, name: str) -> str:
+    """load_image's messages start with the file name; the UI names the file itself."""
+    prefix = f"{name}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+# ----------------------------------------------------------------------------- drawing
+
+def render_overlay(result: StudioResult, name: str, index: int, *, opacity: float = 0.6,
+                   smooth: float = DEFAULT_SMOOTH) -> Image.Image:
+    """The display image with the attention of token ``index`` (clamped) of model ``name``."""
+    out = result.outputs[name]
+    att = out.caption.attention
+    i = min(max(int(index), 0), att.shape[0] - 1)
+    m = upsample_attention(att[i], size=result.display.size, resize=out.resize,
+                           image_size=out.image_size, smooth=max(float(smooth), 0.0))
+    return overlay(result.display, m, opacity=min(max(float(opacity), 0.0), 1.0))
+
+
+def write_grid(result: StudioResult, name: str, folder: str | Path, *, opacity: float = 0.6,
+               smooth: float = DEFAULT_SMOOTH) -> Path:
+    """The PNG grid of every token's attention for model ``name``, written under ``folder``."""
+    out = result.outputs[name]
+    words = "_".join(re.sub(r"[^a-z0-9]+", "", w.lower()) for w in out.caption.words[:6]) or "caption"
+    path = Path(folder) / f"attention_{name}_{words}.png"
+    return save_attention_grid(result.display, out.caption.tokens, out.caption.attention, path,
+                               probs=out.caption.token_probs, resize=out.resize,
+                               image_size=out.image_size, smooth=max(float(smooth), 0.0),
+                               opacity=min(max(float(opacity), 0.0), 1.0))

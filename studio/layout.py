@@ -1,0 +1,134 @@
+"""The app's components and event wiring (`build`); the handlers live in `studio.ui.Studio`.
+
+Events (all queued; captions share one concurrency group of size 1 and the grid PNGs (matplotlib,
+≈ 1 s each) another, so a grid never holds up a caption on a 2-core machine; redraws run alongside):
+
+- upload change (an upload, a picked example, or clearing it) and the Caption button → caption
+  with both models, then write both attention-grid PNGs for the download buttons;
+- a word slider's `input` (user moves only) → redraw that column, and the other when linked;
+- opacity / smoothing change → redraw both overlays; on release → rewrite the grids;
+- `/caption` (API only, a hidden button): both models' captions as JSON.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import gradio as gr
+
+from .inference import MAX_LEN_LIMIT, TITLES, trained_on
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ui import Studio
+
+CAPTION_CONCURRENCY = 1
+"""Captions run one at a time: a caption already uses every core through torch's thread pool."""
+INTRO = """# SAT Studio
+*Show, Attend and Tell* (Xu et al., 2015): each word of the caption comes with the part of the
+image the decoder attended to. Upload an image or pick an example, then move the word slider.
+"""
+
+
+def _header(studio: "Studio") -> str:
+    scenes = [s.title for s in studio.slots if s.ready and trained_on(s.captioner) == "scenes"]
+    if not scenes:
+        return INTRO
+    return INTRO + (f"\n> ⚠️ **{' and '.join(scenes)} weights were trained on synthetic scenes** "
+                    "(coloured shapes on plain backgrounds). On a photo they still answer in "
+                    "shapes and colours: they are not a photo captioning model.\n")
+
+
+def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]) -> gr.Blocks:
+    """Lay out the components and wire every event to ``studio``'s handlers."""
+    names = studio.names
+    cols: dict[str, dict[str, gr.components.Component]] = {}
+    with gr.Blocks(title="SAT Studio", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        # NOTE: a result holds the display image (≈ 1 MB); Gradio drops it when the tab closes,
+        # and the time limit covers tabs left open.
+        state = gr.State(None, time_to_live=3600)
+        gr.Markdown(_header(studio), elem_id="intro")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=280):
+                upload = gr.File(label="Image (any format PIL reads)", file_count="single",
+                                 type="filepath", height=120, elem_id="upload")
+                caption_btn = gr.Button("Caption", variant="primary", elem_id="caption-btn")
+                status = gr.Markdown("Upload an image (or pick an example) to caption it.",
+                                     elem_id="status")
+                gallery = gr.Gallery(value=list(examples), label="Examples (click one)", columns=4,
+                                     height=110, allow_preview=False, interactive=False,
+                                     visible=bool(examples), elem_id="examples")
+                with gr.Accordion("Decoding", open=True):
+                    mode = gr.Radio(["beam", "greedy", "sample"], value="beam", label="Search",
+                                    elem_id="mode")
+                    beam = gr.Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
+                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
+                                            label="Temperature (sampling)")
+                    max_len = gr.Slider(1, MAX_LEN_LIMIT, value=20, step=1,
+                                        label="Max length (words)")
+                with gr.Accordion("Overlay", open=True):
+                    opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity",
+                                        elem_id="opacity")
+                    smooth = gr.Slider(0.0, 2.0, value=0.5, step=0.05, elem_id="smooth",
+                                       label="Smoothing (Gaussian σ, in grid cells)")
+                    link = gr.Checkbox(True, label="Link the word sliders (when both captions "
+                                                   "have the same length)", elem_id="link")
+            for name, text in zip(names, descriptions):
+                slot = next(s for s in studio.slots if s.name == name)
+                with gr.Column(scale=2, min_width=300, elem_id=f"{name}-column"):
+                    gr.Markdown(f"### {TITLES.get(name, name)}")
+                    gr.Markdown(text, elem_id=f"{name}-info")
+                    c = cols[name] = {}
+                    c["chips"] = gr.HTML('<div class="sat-caption"></div>', elem_id=f"{name}-caption")
+                    c["overlay"] = gr.Image(label=f"{name} attention", type="pil", format="png",
+                                            interactive=False, height=400, elem_id=f"{name}-overlay")
+                    # NOTE: buttons=[]: the reset button would move it without an `input` event.
+                    c["slider"] = gr.Slider(1, 2, value=1, step=1, label="Word", interactive=False,
+                                            buttons=[], elem_id=f"{name}-slider")
+                    c["word"] = gr.Markdown("", elem_id=f"{name}-word")
+                    c["grid"] = gr.DownloadButton("Download attention grid (PNG)", interactive=False,
+                                                  size="sm", elem_id=f"{name}-grid")
+                    if slot.ready and slot.captioner.card:
+                        with gr.Accordion("Model card", open=False):
+                            gr.Markdown(slot.captioner.card)
+        api_json = gr.JSON(visible=False)
+        api_btn = gr.Button(visible=False)
+
+        sliders = [cols[n]["slider"] for n in names]
+        grids = [cols[n]["grid"] for n in names]
+        caption_inputs = [upload, mode, beam, temperature, max_len, opacity, smooth]
+        caption_outputs: list[gr.components.Component] = [state, status]
+        for n in names:
+            caption_outputs += [cols[n][k] for k in ("chips", "overlay", "slider", "word", "grid")]
+        gr.on([upload.change, caption_btn.click], studio.on_caption, caption_inputs, caption_outputs,
+              api_visibility="private", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY,
+              trigger_mode="always_last").then(
+            studio.on_grids, [state, opacity, smooth], grids, api_visibility="private",
+            show_progress="minimal", concurrency_id="grids", concurrency_limit=1)
+
+        scrub_outputs = [cols[n][k] for n in names for k in ("chips", "overlay", "slider", "word")]
+        for name in names:
+            def scrub(result, link_on, op, sm, *positions, _moved=name):
+                return studio.on_scrub(_moved, result, positions, link_on, op, sm)
+
+            # NOTE: show_progress="hidden": a redraw takes tens of ms; a progress veil over both
+            # columns on every slider step would flicker.
+            cols[name]["slider"].input(scrub, [state, link, opacity, smooth, *sliders], scrub_outputs,
+                                       api_visibility="private", trigger_mode="always_last",
+                                       show_progress="hidden")
+
+        def redraw(result, op, sm, *positions):
+            return studio.on_overlay_settings(result, positions, op, sm)
+
+        gr.on([opacity.change, smooth.change], redraw, [state, opacity, smooth, *sliders],
+              [cols[n]["overlay"] for n in names], api_visibility="private",
+              trigger_mode="always_last", show_progress="hidden")
+        gr.on([opacity.release, smooth.release], studio.on_grids, [state, opacity, smooth], grids,
+              api_visibility="private", trigger_mode="always_last", show_progress="minimal",
+              concurrency_id="grids", concurrency_limit=1)
+
+        def pick_example(evt: gr.SelectData) -> str:
+            return examples[evt.index]
+
+        gallery.select(pick_example, None, upload, api_visibility="private")
+        api_btn.click(studio.api_caption, [upload, mode, beam, temperature, max_len], api_json,
+                      api_name="caption", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY)
+    return demo

@@ -1,0 +1,182 @@
+"""Drive the real app: `python app.py` in a subprocess and headless Chromium through Playwright.
+
+Used by tests/test_app_live.py and tests/test_app_browser.py, and on its own to regenerate the
+README's picture:
+
+    python -m tests.app_harness [--soft DIR] [--hard DIR] [--example FILE] [--out assets/screenshot.png]
+
+The browser is Debian's /usr/bin/chromium; Playwright never downloads one (`.ci/run` installs the
+Debian package when it is missing).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from playwright.sync_api import Page
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "assets" / "weights"
+START_TIMEOUT_S = 90
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+UI_TIMEOUT_MS = 30_000
+
+
+# ----------------------------------------------------------------------------- the server
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
+    """`python app.py ARGS` on a free 127.0.0.1 port; yields its URL once it answers, then stops it."""
+    port = free_port()
+    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "app.py", *args, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app.py exited with {proc.returncode}" +
+                                   (f"; log: {log.read_text()}" if log else ""))
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"app.py did not answer on {url} within {START_TIMEOUT_S} s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()
+
+
+# ----------------------------------------------------------------------------- the browser
+
+@contextlib.contextmanager
+def open_page(url: str, *, width: int = 1400, height: int = 1000) -> Iterator["Page"]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+            page.goto(url)
+            page.wait_for_selector("#upload", timeout=UI_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def overlay_src(page: "Page", name: str) -> str:
+    return page.get_attribute(f"#{name}-overlay img", "src") or ""
+
+
+def wait_for_captions(page: "Page", status_prefix: str = "Captioned") -> None:
+    """Both columns show word chips and the status box reports the caption."""
+    for name in ("soft", "hard"):
+        page.wait_for_selector(f"#{name}-caption .sat-chip", timeout=UI_TIMEOUT_MS)
+    page.wait_for_function("p => document.querySelector('#status').innerText.startsWith(p)",
+                           arg=status_prefix, timeout=UI_TIMEOUT_MS)
+
+
+def wait_idle(page: "Page") -> None:
+    """No event is running: every Gradio status tracker is hidden again."""
+    page.wait_for_function("() => document.querySelectorAll("
+                           "'[data-testid=status-tracker]:not(.hide)').length === 0",
+                           timeout=UI_TIMEOUT_MS)
+
+
+def upload(page: "Page", path: str) -> None:
+    """Put a file into the upload box (clearing the previous one first)."""
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+        page.wait_for_selector("#upload input[type=file]", state="attached")
+    page.set_input_files("#upload input[type=file]", path)
+
+
+def step_word(page: "Page", name: str, presses: int = 1) -> str:
+    """Move a column's word slider with the keyboard (a user `input`); returns the new overlay src."""
+    before = overlay_src(page, name)
+    page.locator(f"#{name}-slider input[type=range]").focus()
+    for _ in range(presses):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("([n, s]) => document.querySelector(`#${n}-overlay img`).src !== s",
+                           arg=[name, before], timeout=UI_TIMEOUT_MS)
+    return overlay_src(page, name)
+
+
+# ----------------------------------------------------------------------------- the README picture
+
+def make_screenshot(out: Path, *, soft: Path, hard: Path, example: Path, word: int = 3) -> Path:
+    """Caption ``example``, move the soft column to word ``word`` and save the page as a PNG."""
+    from PIL import Image
+
+    raw = out.with_suffix(".raw.png")
+    with running_app("--soft", str(soft), "--hard", str(hard)) as url:
+        with open_page(url, width=1400, height=1050) as page:
+            upload(page, str(example))
+            wait_for_captions(page)
+            n = page.locator("#soft-caption .sat-chip").count()
+            if n > 1:
+                step_word(page, "soft", presses=min(word, n) - 1)
+            page.wait_for_selector("#soft-grid:not([disabled])")  # the grids are written too
+            wait_idle(page)
+            page.wait_for_timeout(500)  # NOTE: let the last images load and fades finish
+            page.screenshot(path=str(raw), full_page=False)
+    # NOTE: 256 colours with dithering keep the picture small in git (the UI is mostly flat
+    # colours) without banding the attention maps' gradients.
+    rgb = Image.open(raw).convert("RGB")
+    rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+    raw.unlink()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.app_harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--soft", type=Path, default=WEIGHTS / "soft")
+    p.add_argument("--hard", type=Path, default=WEIGHTS / "hard")
+    p.add_argument("--example", type=Path, default=REPO / "assets" / "examples" / "scene_008502.jpg")
+    p.add_argument("--out", type=Path, default=REPO / "assets" / "screenshot.png")
+    args = p.parse_args(argv)
+    if not args.soft.is_dir():
+        print(f"error: {args.soft} does not exist; build the weights first (python -m train)", file=sys.stderr)
+        return 2
+    hard = args.hard
+    if not hard.is_dir():
+        print(f"note: {hard} does not exist yet; the soft weights stand in for the hard column")
+        hard = args.soft
+    path = make_screenshot(args.out, soft=args.soft, hard=hard, example=args.example)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

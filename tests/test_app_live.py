@@ -1,0 +1,101 @@
+"""`python app.py` for real: a subprocess on 127.0.0.1, called over HTTP with `gradio_client`;
+plus what a fresh machine and Hugging Face Spaces read (front matter, requirements, the CLI).
+
+The soft weights come through SAT_WEIGHTS_SOFT, the hard ones through --hard (both paths of
+app.py's weights selection), both tiny random models, so the words are nonsense but real.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import gradio
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from tests.app_harness import REPO, running_app
+from tests.conftest import make_tiny_weights
+
+EXAMPLE = REPO / "assets" / "examples" / "scene_008502.jpg"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live")
+    soft = make_tiny_weights(root / "soft", seed=5)
+    hard = make_tiny_weights(root / "hard", seed=5, attention="hard")
+    with running_app("--hard", str(hard), env={"SAT_WEIGHTS_SOFT": str(soft)}, log=root / "app.log") as url:
+        yield Client(url, verbose=False)
+
+
+def test_caption_endpoint_over_http(client):
+    assert EXAMPLE.is_file()
+    data = client.predict(handle_file(str(EXAMPLE)), "beam", 3, 1.0, 8, api_name="/caption")
+    assert data["image"] == {"width": 224, "height": 224}
+    for name, kind in (("soft", "soft"), ("hard", "hard")):
+        m = data[name]
+        assert m["weights"].endswith(f"/{kind}")
+        assert len(m["words"]) >= 1 and m["tokens"] == m["words"] + ["<end>"]
+        att = np.asarray(m["attention"])
+        assert att.shape == (len(m["tokens"]), 2, 2)  # one map per token, the tiny model's 2×2 grid
+        assert np.allclose(att.sum(axis=(1, 2)), 1.0, atol=1e-3)
+        assert len(m["token_probs"]) == len(m["tokens"])
+
+
+def test_bad_upload_is_an_error_and_the_server_goes_on(client, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a png")
+    with pytest.raises(AppError, match="can't read notes.png: not an image file"):
+        client.predict(handle_file(str(bad)), "beam", 3, 1.0, 8, api_name="/caption")
+    again = client.predict(handle_file(str(EXAMPLE)), "greedy", 1, 1.0, 4, api_name="/caption")
+    assert len(again["soft"]["words"]) <= 4 and len(again["hard"]["attention"]) == len(again["hard"]["tokens"])
+
+
+def test_only_the_caption_endpoint_is_public(client):
+    info = client.view_api(return_format="dict", print_info=False)
+    assert list(info["named_endpoints"]) == ["/caption"]
+
+
+# ----------------------------------------------------------------------------- deployment
+
+def front_matter() -> dict[str, str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    m = re.match(r"---\n(.*?)\n---\n", text, flags=re.DOTALL)
+    assert m, "README.md must start with the Spaces front matter"
+    return dict(line.split(": ", 1) for line in m.group(1).splitlines())
+
+
+def test_spaces_front_matter_matches_the_installed_gradio():
+    fm = front_matter()
+    assert fm["sdk"] == "gradio" and fm["app_file"] == "app.py" and (REPO / fm["app_file"]).is_file()
+    assert fm["sdk_version"] == gradio.__version__
+    assert fm["python_version"] == '"3.11"' and fm["pinned"] == "false"
+    assert {"title", "emoji", "colorFrom", "colorTo"} <= set(fm)
+    reqs = (REPO / "requirements.txt").read_text().splitlines()
+    assert f"gradio=={gradio.__version__}" in reqs and "torch==2.13.0" in reqs
+    assert any(r.startswith("huggingface_hub") for r in reqs)
+    assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
+
+
+def test_importing_app_does_no_work():
+    code = ("import sys, time; t = time.perf_counter(); import app; "
+            "print(time.perf_counter() - t, 'gradio' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    seconds, gradio_loaded, torch_loaded = out.stdout.split()
+    assert gradio_loaded == "False" and torch_loaded == "False" and float(seconds) < 1.0
+
+
+def test_app_without_any_loadable_weights_exits_with_a_message(tmp_path):
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "app.py", "--soft", str(tmp_path / "nope"), "--hard",
+                          "hf://owner/bad--name", "--port", "1"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Soft attention" in out.stderr and "does not exist" in out.stderr
+    assert "Hard attention" in out.stderr and "not a Hub repository id" in out.stderr
+    assert "no weights could be loaded" in out.stderr and "Traceback" not in out.stderr
+    assert time.perf_counter() - t0 < 60

@@ -1,0 +1,173 @@
+"""The app's UI logic without a browser: word-slider linking, overlays, grids, the Blocks it builds.
+
+Captions here are made by hand (`fake_result`) so lengths and attention peaks are known exactly.
+"""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from sat.captioner import Caption
+from sat.weights import WEIGHTS_FILE
+from studio.inference import ModelOutput, StudioResult, describe_slot, load_slot, render_overlay
+from studio.ui import Studio, caption_chips, create_app, word_info
+from tests.conftest import make_tiny_weights
+
+
+def peaked(n: int, grid: int = 3) -> np.ndarray:
+    """(n, grid, grid) maps, token t attending to cell t (mod grid²) with 0.9 of its mass."""
+    att = np.full((n, grid, grid), 0.1 / (grid * grid - 1), dtype=np.float32)
+    for t in range(n):
+        att[t].flat[t % (grid * grid)] = 0.9
+    return att
+
+
+def fake_caption(words: list[str]) -> Caption:
+    tokens = words + ["<end>"]
+    return Caption(words=words, tokens=tokens, attention=peaked(len(tokens)),
+                   token_probs=[0.5 + 0.05 * i for i in range(len(tokens))], logprob=-1.0, score=-1.0)
+
+
+def fake_result(soft: list[str], hard: list[str]) -> StudioResult:
+    img = Image.new("RGB", (90, 90), (128, 128, 128))
+    res = StudioResult(display=img, size=img.size)
+    for name, words in (("soft", soft), ("hard", hard)):
+        res.outputs[name] = ModelOutput(fake_caption(words), "crop", 96, f"/w/{name}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def studio() -> Studio:
+    from studio.inference import ModelSlot
+    return Studio([ModelSlot("soft", "s"), ModelSlot("hard", "h")])
+
+
+def columns(outs: list) -> dict[str, list]:
+    return {"soft": outs[:4], "hard": outs[4:]}
+
+
+def is_skip(x) -> bool:
+    return x == gr.skip()
+
+
+def test_equal_lengths_linked_both_follow(studio):
+    res = fake_result(["a", "red", "circle"], ["a", "blue", "square"])
+    cols = columns(studio.on_scrub("soft", res, (3, 1), True, 0.6, 0.5))
+    assert is_skip(cols["soft"][2])  # the moved slider is not echoed back
+    assert cols["hard"][2].value == 3  # the other slider jumps to the same word
+    for name, word in (("soft", "circle"), ("hard", "square")):
+        chips, overlay, _, info = cols[name]
+        assert 'sat-current" title="p = 0.600">' + word in chips
+        assert info.startswith(f"Word 3 of 4: **{word}** · p = 0.600")
+        assert overlay == render_overlay(res, name, 2)  # same pixels as a direct render
+
+
+def test_equal_lengths_unlinked_only_the_moved_column(studio):
+    res = fake_result(["a", "red", "circle"], ["a", "blue", "square"])
+    cols = columns(studio.on_scrub("hard", res, (1, 4), False, 0.6, 0.5))
+    assert all(is_skip(x) for x in cols["soft"])
+    assert "`<end>`" in cols["hard"][3] and 'sat-end sat-current' in cols["hard"][0]
+
+
+def test_different_lengths_each_column_moves_alone(studio):
+    res = fake_result(["a", "circle"], ["a", "small", "blue", "square"])
+    cols = columns(studio.on_scrub("hard", res, (1, 5), True, 0.6, 0.5))
+    assert all(is_skip(x) for x in cols["soft"])  # soft has 3 tokens: no word 5 to follow to
+    assert cols["hard"][3].startswith("Word 5 of 5")
+    cols = columns(studio.on_scrub("soft", res, (2, 5), True, 0.6, 0.5))
+    assert all(is_skip(x) for x in cols["hard"])
+    assert cols["soft"][3].startswith("Word 2 of 3: **circle**")
+
+
+def test_scrub_before_any_caption_does_nothing(studio):
+    assert all(is_skip(x) for x in studio.on_scrub("soft", None, (2, 1), True, 0.6, 0.5))
+
+
+def test_overlay_follows_the_word_and_the_settings():
+    res = fake_result(["a", "red", "circle"], ["a"])
+    first, second = render_overlay(res, "soft", 0), render_overlay(res, "soft", 1)
+    assert first.size == (90, 90) and first != second
+    # unsmoothed, the peak cell is the only red one: cell 0 (top left), then 1 (top middle)
+    def red_cells(im: Image.Image) -> np.ndarray:
+        a = np.asarray(im, dtype=float)
+        return ((a[..., 0] - a[..., 2]) > 40).reshape(3, 30, 3, 30).mean(axis=(1, 3))
+    for index, cell in ((0, (0, 0)), (1, (0, 1))):
+        hot = red_cells(render_overlay(res, "soft", index, smooth=0.0))
+        assert hot[cell] > 0.95 and np.delete(hot.ravel(), cell[0] * 3 + cell[1]).max() < 0.05
+    assert render_overlay(res, "soft", 99) == render_overlay(res, "soft", 3)  # clamped to <end>
+    grey = np.asarray(render_overlay(res, "soft", 0, opacity=0.0))
+    assert (grey == 128).all()  # opacity 0: the photo itself
+    sharp, smooth = (np.asarray(render_overlay(res, "soft", 0, smooth=s), dtype=int) for s in (0.0, 1.5))
+    assert np.abs(sharp - smooth).max() > 20
+
+
+def test_overlay_settings_redraw_every_column(studio):
+    res = fake_result(["a", "red"], ["a", "blue", "big", "square"])
+    soft, hard = studio.on_overlay_settings(res, (2, 4), 0.3, 1.0)
+    assert soft == render_overlay(res, "soft", 1, opacity=0.3, smooth=1.0)
+    assert hard == render_overlay(res, "hard", 3, opacity=0.3, smooth=1.0)
+    assert all(is_skip(x) for x in studio.on_overlay_settings(None, (1, 1), 0.3, 1.0))
+
+
+def test_grids_are_png_files_per_model(studio):
+    res = fake_result(["a", "red", "circle"], ["a", "square"])
+    soft_btn, hard_btn = studio.on_grids(res, 0.6, 0.5)
+    assert soft_btn.interactive and hard_btn.interactive
+    soft_png, hard_png = Image.open(soft_btn.value["path"]), Image.open(hard_btn.value["path"])
+    assert soft_png.format == "PNG" and soft_btn.value["orig_name"] == "attention_soft_a_red_circle.png"
+    assert soft_png.width > hard_png.width or soft_png.height > hard_png.height  # 5 vs 4 panels
+    empty = studio.on_grids(None, 0.6, 0.5)
+    assert all(not b.interactive and b.value is None for b in empty)
+
+
+def test_chips_escape_html_and_mark_the_current_word():
+    res = fake_result(["<b>", "x"], ["y"])
+    chips = caption_chips(res, "soft", 1)
+    assert "&lt;b&gt;" in chips and "<b>" not in chips and chips.count("sat-current") == 1
+    assert word_info(res, "soft", 1).startswith("Word 2 of 3: **x**")
+    assert caption_chips(None, "soft", 0) == '<div class="sat-caption"></div>'
+
+
+def _component(demo: gr.Blocks, elem_id: str) -> dict:
+    comps = [c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == elem_id]
+    assert len(comps) == 1, elem_id
+    return comps[0]["props"]
+
+
+def test_create_app_builds_with_an_api_endpoint_and_model_info(tmp_path):
+    soft = make_tiny_weights(tmp_path / "soft", seed=5)
+    metrics = json.loads((soft / "metrics.json").read_text())
+    (soft / "metrics.json").write_text(json.dumps({**metrics, "dataset": "scenes"}))
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "model.pt").write_bytes(b"\x80\x04")
+    demo = create_app(soft=soft, hard=bad, warmup=False, examples=[])
+    assert isinstance(demo, gr.Blocks)
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert public == {"caption"}  # the UI's own events stay private
+    soft_info = _component(demo, "soft-info")["value"]
+    assert str(soft) in soft_info and "synthetic scenes" in soft_info and "not* a photo model" in soft_info
+    hard_info = _component(demo, "hard-info")["value"]
+    assert "Hard attention is not available" in hard_info and "pickled" in hard_info
+    assert WEIGHTS_FILE in hard_info and "SAT_WEIGHTS_HARD" in hard_info
+    assert "trained on synthetic scenes" in _component(demo, "intro")["value"]
+
+
+def test_trained_on_comes_from_the_card_when_metrics_lack_it(tmp_path):
+    folder = make_tiny_weights(tmp_path / "w")
+    (folder / "README.md").write_text("# card\n\n- Data: `flickr8k` (train 6000 images)\n")
+    text = describe_slot(load_slot("soft", folder, warmup=False))
+    assert "Trained on **flickr8k**" in text and "test BLEU-4 0.100" in text
+    (folder / "README.md").write_text("# card\n")
+    assert "Trained on **unknown**" in describe_slot(load_slot("soft", folder, warmup=False))
+
+
+def test_weights_paths_inside_the_repository_are_shown_relative(tmp_path):
+    from studio.inference import REPO, pretty_spec
+    assert pretty_spec(str(REPO / "assets" / "weights" / "soft")) == "assets/weights/soft"
+    assert pretty_spec("hf://owner/sat@v1") == "hf://owner/sat@v1"
+    assert pretty_spec(str(tmp_path / "w")) == str(tmp_path / "w")
