@@ -43,6 +43,9 @@ class ModelConfig:
     """n, the LSTM hidden size."""
     dropout: float = 0.5
     """Dropout on the hidden state before the deep output layer."""
+    init_state: str = "mean"
+    """LSTM h_0/c_0: 'mean' (f_init of the mean annotation vector, §3.1.2) or 'zeros' (the image
+    then reaches the decoder only through attention)."""
     gate: bool = True
     """Use the gating scalar β_t = σ(f_β(h_{t-1})) on the context (§4.2.1)."""
     hard_test_rule: str = "argmax"
@@ -69,6 +72,8 @@ class ModelConfig:
         if self.decoder == "transformer" and (self.layers < 1 or self.heads < 1 or self.embed_dim % self.heads):
             raise ValueError(f"transformer needs layers ≥ 1 and embed_dim ({self.embed_dim}) divisible by "
                              f"heads ({self.heads})")
+        if self.init_state not in ("mean", "zeros"):
+            raise ValueError(f"init_state must be 'mean' or 'zeros', got {self.init_state!r}")
         if self.hard_test_rule not in ("argmax", "expectation"):
             raise ValueError(f"hard_test_rule must be 'argmax' or 'expectation', got {self.hard_test_rule!r}")
         if self.feature_map not in ("last", "stride16"):

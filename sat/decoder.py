@@ -113,8 +113,9 @@ class LSTMDecoder(RecurrentDecoder):
     """The paper's LSTM with attention, gating scalar and deep output layer."""
 
     def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, decoder_dim: int,
-                 attention: Attention, dropout: float, gate: bool):
+                 attention: Attention, dropout: float, gate: bool, init_state: str = "mean"):
         super().__init__()
+        self.init_from_mean = init_state == "mean"
         self.embed = nn.Embedding(vocab_size, embed_dim)                            # E
         self.attention = attention
         self.init_h = nn.Linear(encoder_dim, decoder_dim)
@@ -129,6 +130,8 @@ class LSTMDecoder(RecurrentDecoder):
 
     def init_state(self, memory: Memory) -> State:
         mean = memory["feats"].mean(dim=1)  # (B, D)
+        if not self.init_from_mean:
+            mean = torch.zeros_like(mean)  # NOTE: keeps f_init's bias as a learned start state
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, n) each
 
     def _advance(self, emb, state, memory):
@@ -191,7 +194,8 @@ def _transformer(cfg: ModelConfig) -> Decoder:
 _REGISTRY: dict[str, Callable[[ModelConfig], Decoder]] = {
     "lstm": lambda cfg: LSTMDecoder(
         vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
-        decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout, gate=cfg.gate),
+        decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout, gate=cfg.gate,
+        init_state=cfg.init_state),
     "gru": lambda cfg: GRUDecoder(
         vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
         decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout),

@@ -42,21 +42,28 @@ class CaptionModel(nn.Module):
         return x
 
     def loss(self, fmap: torch.Tensor, captions: torch.Tensor, *, pad_id: int = 0,
-             alpha_c: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+             alpha_c: float = 1.0, n_tokens: float | None = None,
+             share: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
         """fmap (B, C, h, w), captions (B, T+1) = <start> w_1 … <end> <pad>… → scalar loss, stats.
 
         The attention kind adds its own terms (`Decoder.regularizer`): the doubly stochastic
         penalty for soft/dot, REINFORCE + entropy for hard, nothing for uniform.
+
+        Data parallelism (train/loop.py): a rank holding part of a global batch passes the global
+        batch's token count as `n_tokens` and its part's fraction of the pairs as `share`; the
+        ranks' losses (and "loss"/"xent" stats) then add up to the loss of the whole batch.
         """
         inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T) each
         self.decoder.begin_batch()
         logits, alphas, sample_logp = self.decoder(self.annotations(fmap), inputs)  # (B, T, V), (B, T, L)
-        mask = (targets != pad_id).to(logits.dtype)  # (B, T)
-        n_tokens = mask.sum().clamp_min(1.0)
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(mask)
+        # NOTE: float32 whatever the logits' dtype: under bf16 autocast a bf16 token count is
+        # inexact above 256, and the loss is summed in float32.
+        mask = (targets != pad_id).float()  # (B, T)
+        denom = mask.sum().clamp_min(1.0) if n_tokens is None else max(float(n_tokens), 1.0)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(mask)
         nll = nll * mask
-        xent = nll.sum() / n_tokens
+        xent = nll.sum() / denom
         extra, stats = self.decoder.regularizer(alphas, sample_logp, -nll.sum(1), mask, alpha_c=alpha_c)
-        loss = xent + extra
+        loss = xent + share * extra
         return loss, {"loss": float(loss.detach()), "xent": float(xent.detach()), **stats,
-                      "tokens": float(n_tokens)}
+                      "tokens": float(mask.sum())}

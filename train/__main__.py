@@ -3,10 +3,14 @@
 The default run generates (or reuses) the scenes dataset, extracts features, trains the soft- and
 hard-attention LSTMs and the blind baseline, evaluates them on the test split with beam 3 and
 writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + JSON + model card).
+
+`torchrun --nproc_per_node=N -m train fit ...` trains data-parallel (train/distributed.py);
+`--batch-size` is then the global batch, split across the N processes.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from dataclasses import fields
@@ -17,9 +21,15 @@ from train.loop import TrainConfig
 from train.pipeline import REPO, DataConfig, run_default, run_evaluate, run_fit
 
 # NOTE: the shipped model's settings; `fit` exposes each as a flag.
-DEFAULT_MODEL = ModelConfig(embed_dim=256, attention_dim=256, decoder_dim=256, dropout=0.5)
-DEFAULT_TRAIN = TrainConfig(epochs=8, batch_size=64, lr=1e-3, early_stop=3, lr_patience=1, captions_per_image=2)
-BLIND_EPOCHS = 3
+# NOTE: measured on the scenes (4 epochs each, test split, beam 3): the 7×7×1280 head map gave
+# BLEU-4 0.51 but pointing 0.17–0.36 (every cell sees the whole image, so attention need not look);
+# the 14×14×112 stride-16 map gave BLEU-4 0.53 and pointing 0.85. The doubly stochastic penalty
+# (alpha_c) is off by default: with L = 196 ≫ T its floor (≈ L) dominates the loss and flattens α.
+DEFAULT_MODEL = ModelConfig(feature_map="stride16", embed_dim=256, attention_dim=128, decoder_dim=256,
+                            dropout=0.5)
+DEFAULT_TRAIN = TrainConfig(epochs=6, batch_size=64, lr=1e-3, alpha_c=0.0, early_stop=3, lr_patience=1,
+                            captions_per_image=2)
+BLIND_EPOCHS = 2
 
 
 def _add_dataclass_flags(p: argparse.ArgumentParser, cls, defaults, skip: set[str] = frozenset()) -> None:
@@ -30,8 +40,9 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls, defaults, skip: set[st
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
-                           metavar="BOOL", help=f"(default {default})")
+            # NOTE: `--bf16` alone means true; `--gate false` still works
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default, nargs="?",
+                           const=True, metavar="BOOL", help=f"(default {default})")
         elif isinstance(default, (int, float, str)):
             p.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
 
@@ -84,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     command = " ".join(["python -m train", *(shlex.quote(a) for a in argv)])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.cmd != "fit":
+        print("error: under torchrun only `fit` runs (data parallel); run the others as one process",
+              file=sys.stderr)
+        return 2
     try:
         if args.cmd is None:
             run_default(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), weights_root=REPO / "assets" / "weights",

@@ -10,6 +10,11 @@ preprocessing version, the dataset root and the ordered image ids, so datasets a
 mix and a changed preprocessing never serves stale maps. A killed extraction resumes at the last
 flushed row; a cache without meta.json is never served. An unreadable image is skipped: its row
 stays zero, it is counted and listed in meta.json, and `valid` excludes it.
+
+Under torchrun the ranks share the work: rank r extracts rows i ≡ r (mod world) into the same
+memory-mapped file (rank 0 creates it), keeps its own progress file (progress.json is rank 0's,
+progress.rank<r>.json the others') so each resumes where it stopped, and rank 0 writes meta.json
+once every rank is done. The cache is the same file a single process writes.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sat.encoder import PREPROCESS_VERSION, Encoder, ImageError, load_image, preprocess
+from train import distributed as D
 
 META, PROGRESS, DATA = "meta.json", "progress.json", "features.f16"
 
@@ -54,11 +60,13 @@ class FeatureCache:
 
 
 def cache_key(encoder: Encoder, *, image_size: int, resize: str, dataset_root: str | Path,
-              ids: Sequence[str]) -> str:
+              ids: Sequence[str], bf16: bool = False) -> str:
     h = hashlib.sha256()
     spec = {"encoder": encoder.name, "dim": encoder.dim, "stride": encoder.stride,
             "finetune_blocks": encoder.finetune_blocks, "image_size": image_size, "resize": resize,
             "preprocess": PREPROCESS_VERSION, "root": str(Path(dataset_root).resolve())}
+    if bf16:  # NOTE: only when set, so the keys of existing fp32 caches stay what they were
+        spec["bf16"] = True
     h.update(json.dumps(spec, sort_keys=True).encode())
     for i in ids:
         h.update(i.encode() + b"\0")
@@ -88,55 +96,95 @@ def _load(path: Path, image_size: int, resize: str) -> torch.Tensor | str:
         return str(e)
 
 
+def progress_file(rank: int) -> str:
+    """Rank 0 keeps the single-process name, so a cache resumes across launch modes on rank 0's rows."""
+    return PROGRESS if rank == 0 else f"progress.rank{rank}.json"
+
+
+def _create_or_reuse(path: Path, shape: tuple[int, ...]) -> None:
+    """Rank 0: the data file at the right size (kept when it already is: its rows may be resumed)."""
+    nbytes = int(np.prod(shape)) * 2
+    data = path / DATA
+    if not data.is_file() or data.stat().st_size != nbytes:
+        for f in path.glob("progress*.json"):  # NOTE: progress of another shape means nothing now
+            f.unlink()
+        np.memmap(data, dtype=np.float16, mode="w+", shape=shape).flush()
+
+
 def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder: Encoder,
                      image_size: int, resize: str, dataset_root: str | Path, cache_dir: str | Path,
                      batch_size: int = 32, device: torch.device | str = "cpu",
-                     progress: bool = True) -> FeatureCache:
-    """Return the cache for these images, extracting (or resuming) what is missing."""
+                     progress: bool = True, bf16: bool = False) -> FeatureCache:
+    """Return the cache for these images, extracting (or resuming) what is missing.
+
+    `bf16` runs the encoder under bfloat16 autocast (a separate cache: the maps differ slightly;
+    bench/ reports the speed-up and the drift on this machine).
+
+    Under torchrun every rank calls this with the same arguments and gets the same cache back.
+    """
     if len(paths) != len(ids) or len(set(ids)) != len(ids):
         raise ValueError("paths and ids must have the same length and ids must be unique")
     path = Path(cache_dir) / cache_key(encoder, image_size=image_size, resize=resize,
-                                       dataset_root=dataset_root, ids=ids)
+                                       dataset_root=dataset_root, ids=ids, bf16=bf16)
     cache = open_cache(path)
     if cache is not None:
         return cache
+    ctx = D.current()
+    D.barrier()  # NOTE: no rank may see meta.json missing after another has started rewriting files
     path.mkdir(parents=True, exist_ok=True)
     encoder = encoder.to(device).eval()
     with torch.inference_mode():
         probe = encoder.encode_trunk(torch.zeros(1, 3, image_size, image_size, device=device))
     shape = (len(ids), *probe.shape[1:])  # (N, C, h, w)
+    if ctx.is_main:
+        _create_or_reuse(path, shape)
+    D.barrier()
+    mine = D.shard_rows(len(ids), ctx)  # this rank's rows, in order
+    prog_path = path / progress_file(ctx.rank)
     done, failed = 0, {}
-    if (path / PROGRESS).is_file() and (path / DATA).is_file():
-        prog = json.loads((path / PROGRESS).read_text(encoding="utf-8"))
-        if tuple(prog["shape"]) == shape:
+    if prog_path.is_file():
+        prog = json.loads(prog_path.read_text(encoding="utf-8"))
+        if tuple(prog["shape"]) == shape and int(prog.get("world", 1)) == ctx.world:
             done, failed = int(prog["done"]), dict(prog["failed"])
-    mode = "r+" if done > 0 else "w+"
-    maps = np.memmap(path / DATA, dtype=np.float16, mode=mode, shape=shape)
-    bar = tqdm(total=len(ids), initial=done, desc="features", unit="img", disable=not progress)
+    maps = np.memmap(path / DATA, dtype=np.float16, mode="r+", shape=shape)
+    bar = tqdm(total=len(mine), initial=done, desc="features", unit="img", disable=not (progress and ctx.is_main))
     # NOTE: a thread decodes the next batch while the encoder runs on the current one.
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         def submit(start: int):
-            return pool.submit(lambda: [_load(Path(p), image_size, resize)
-                                        for p in paths[start:start + batch_size]])
-        pending = submit(done) if done < len(ids) else None
-        for start in range(done, len(ids), batch_size):
+            return pool.submit(lambda: [_load(Path(paths[i]), image_size, resize)
+                                        for i in mine[start:start + batch_size]])
+        pending = submit(done) if done < len(mine) else None
+        for start in range(done, len(mine), batch_size):
             items = pending.result()
+            rows = mine[start:start + len(items)]
             nxt = start + batch_size
-            pending = submit(nxt) if nxt < len(ids) else None
+            pending = submit(nxt) if nxt < len(mine) else None
             ok = [j for j, it in enumerate(items) if isinstance(it, torch.Tensor)]
             for j, it in enumerate(items):
                 if not isinstance(it, torch.Tensor):
-                    failed[ids[start + j]] = it
+                    failed[ids[rows[j]]] = it
             block = np.zeros((len(items), *shape[1:]), dtype=np.float16)
             if ok:
                 x = torch.stack([items[j] for j in ok]).to(device)
-                block[ok] = encoder.encode_trunk(x).float().cpu().numpy().astype(np.float16)
-            maps[start:start + len(items)] = block
+                with D.autocast(x.device, bf16):
+                    fmap = encoder.encode_trunk(x)
+                block[ok] = fmap.float().cpu().numpy().astype(np.float16)
+            if ctx.world == 1:
+                maps[rows[0]:rows[-1] + 1] = block  # contiguous rows: a plain slice write
+            else:
+                maps[np.asarray(rows)] = block
             maps.flush()
-            _write_json(path / PROGRESS, {"done": start + len(items), "shape": list(shape), "failed": failed})
+            _write_json(prog_path, {"done": start + len(items), "shape": list(shape), "failed": failed,
+                                    "world": ctx.world})
             bar.update(len(items))
     bar.close()
     del maps
-    _write_json(path / META, {"ids": list(ids), "shape": list(shape), "failed": failed,
-                              "encoder": encoder.name, "image_size": image_size, "resize": resize})
+    all_failed: dict[str, str] = {}
+    for part in D.gather_objects(failed):  # NOTE: a collective: every rank arrives here
+        all_failed.update(part)
+    if ctx.is_main:
+        failed_in_order = {k: all_failed[k] for k in ids if k in all_failed}
+        _write_json(path / META, {"ids": list(ids), "shape": list(shape), "failed": failed_in_order,
+                                  "encoder": encoder.name, "image_size": image_size, "resize": resize})
+    D.barrier()
     return open_cache(path)

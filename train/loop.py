@@ -3,6 +3,11 @@ validation score computed from *generated* captions, checkpoints with optimizer 
 
 It knows nothing about a specific decoder: it calls `model.loss(maps, captions)` and a
 `validate(model) -> float` callback (higher is better; BLEU-4 of greedy captions by default).
+
+Under torchrun (train/distributed.py) every rank draws the same shuffled order, takes its rows of
+each *global* batch (`--batch-size` is the global batch), and the gradients are summed across
+ranks in one all-reduce per step; rank 0 alone validates, logs and checkpoints. The result equals
+a single process with the same batch size, up to float rounding (see `_data_parallel_step`).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sat.model import CaptionModel
+from train import distributed as D
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -50,6 +56,10 @@ class TrainConfig:
     captions_per_image: int = 0
     """Captions drawn per image each epoch (0 = every caption every epoch). NOTE: 1 makes an epoch
     five times shorter on 5-caption data while every caption is still seen across epochs."""
+    bf16: bool = False
+    """bfloat16 autocast of the forward pass (weights, gradients, Adam and the loss sum stay float32).
+    On CUDA the matmuls run on bf16 tensor cores; on CPU oneDNN runs them in bf16 where the CPU has
+    AVX512-BF16/AMX, and elsewhere bf16 is emulated (slower): off by default."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -126,17 +136,62 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _data_parallel_step(model: CaptionModel, maps: torch.Tensor, caps: torch.Tensor, *, n_global: int,
+                        tokens_global: float, pad_id: int, config: TrainConfig,
+                        device: torch.device) -> tuple[dict[str, float], int]:
+    """Forward + backward of this rank's part of a global batch, then the gradient all-reduce.
+
+    Returns the step's stats (loss and xent of the *global* batch) and the number of local pairs.
+
+    NOTE: a manual all-reduce rather than the DDP wrapper: `model.loss` is a method, not
+    `forward` (DDP only hooks forward), and exact equality with one process needs each rank's loss
+    weighted by the *global* token count (`n_tokens`) and its share of the pairs (`share`), so the
+    gradients are *summed*, not averaged as DDP does. The cost is no overlap of communication with
+    the backward pass: one coalesced all-reduce of the gradients (≈ 4 bytes × parameters) per step,
+    with the step's loss scalars in the same buffer.
+    """
+    ctx = D.current()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_local = int(caps.size(0))
+    stats: dict[str, float] = {}
+    loss_sum = torch.zeros(2, device=device)  # this rank's share of (loss, xent)
+    if n_local:
+        with D.autocast(device, config.bf16):
+            loss, stats = model.loss(maps, caps, pad_id=pad_id, alpha_c=config.alpha_c,
+                                     n_tokens=tokens_global if ctx.active else None,
+                                     share=n_local / n_global)
+        loss.backward()
+        loss_sum[0], loss_sum[1] = stats["loss"], stats["xent"]
+    if ctx.active:
+        for p in params:  # NOTE: a rank with no rows in a short last batch still joins with zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        D.all_reduce_sum_([*[p.grad for p in params], loss_sum])
+        # float buffers (hard attention's reward baseline) follow the mean over ranks
+        bufs = [b for b in model.buffers() if b.is_floating_point()]
+        D.all_reduce_sum_(bufs)
+        for b in bufs:
+            b.div_(ctx.world)
+    stats = {**stats, "loss": float(loss_sum[0]), "xent": float(loss_sum[1])}
+    return stats, n_local
+
+
 def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
         device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
     """Train `model` in place; the best-scoring weights are loaded back at the end.
 
-    Writes out_dir/{last.pt, best.pt, history.json, history.csv, loss.png}. Returns the history.
+    Writes out_dir/{last.pt, best.pt, history.json, history.csv, loss.png} (rank 0 only under
+    torchrun; every rank returns the same history and ends with the same weights).
     """
+    ctx = D.current()
+    main = ctx.is_main
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     model.to(device)
+    D.broadcast_module_(model)  # NOTE: identical start even if a rank's init drew other numbers
     tail = [p for p in model.tail.parameters() if p.requires_grad]
     groups = [{"params": list(model.decoder.parameters()), "lr": config.lr}]
     if tail:
@@ -144,10 +199,12 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.lr_factor,
                                                        patience=config.lr_patience)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)  # NOTE: the same order on every rank
+    # dropout and hard-attention samples: rank 0 draws what a single process draws, others differ
+    torch.manual_seed(config.seed + ctx.rank)
     history: list[dict] = []
     start_epoch, best, bad, steps = 1, -math.inf, 0, 0
+    D.barrier()
     if resume and (out / LAST).is_file():
         # NOTE: our own checkpoint, still loaded with weights_only=True (tensors and plain data only)
         ck = torch.load(out / LAST, map_location=device, weights_only=True)
@@ -155,10 +212,13 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         shuffle.set_state(ck["shuffle_rng"])
-        torch.set_rng_state(ck["torch_rng"])
+        rng = ck.get("torch_rng_ranks") or [ck["torch_rng"]]
+        if len(rng) == ctx.world:
+            torch.set_rng_state(rng[ctx.rank])
         start_epoch, best, bad, steps = ck["epoch"] + 1, ck["best"], ck["bad_epochs"], ck["steps"]
         history = ck["history"]
-        print(f"resuming after epoch {ck['epoch']} (best val {best:.4f})")
+        if main:
+            print(f"resuming after epoch {ck['epoch']} (best val {best:.4f})")
 
     for epoch in range(start_epoch, config.epochs + 1):
         if config.early_stop and bad >= config.early_stop:
@@ -171,56 +231,83 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
         n_batches = math.ceil(len(perm) / config.batch_size)
         tot: dict[str, float] = {}
         cnt: dict[str, int] = {}
-        seen = 0
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not (progress and main),
+                   leave=False)
         for b in bar:
-            idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-            caps = data.captions[idx]
-            caps = caps[:, : int((caps != pad_id).sum(1).max())]  # trim padding columns
+            idx_global = perm[b * config.batch_size:(b + 1) * config.batch_size]
+            caps_global = data.captions[idx_global]
+            width = int((caps_global != pad_id).sum(1).max())  # trim padding columns (global batch)
+            idx = D.shard(idx_global, ctx)
+            caps = data.captions[idx][:, :width]
             maps = data.maps[data.rows[idx]].to(device, torch.float32, non_blocking=True)
-            loss, stats = model.loss(maps, caps.to(device), pad_id=pad_id, alpha_c=config.alpha_c)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            stats, _ = _data_parallel_step(
+                model, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
+                tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             steps += 1
+            # NOTE: loss/xent are the global batch's; other stats are this rank's, merged per epoch
             for k, v in stats.items():
                 if k != "tokens":
-                    tot[k] = tot.get(k, 0.0) + v * len(idx)
-                    cnt[k] = cnt.get(k, 0) + len(idx)
-            seen += len(idx)
+                    w = len(idx_global) if k in ("loss", "xent") else len(idx)
+                    tot[k] = tot.get(k, 0.0) + v * w
+                    cnt[k] = cnt.get(k, 0) + w
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", xent=f"{stats['xent']:.3f}")
             if config.max_steps and steps >= config.max_steps:
                 break
         bar.close()
+        tot, cnt = _merge_epoch_stats(tot, cnt, ctx)
         train_secs = time.time() - t0
         model.eval()
-        score = float(validate(model))
+        score = float(validate(model)) if main else 0.0
+        score = float(D.broadcast_object(score))  # NOTE: every rank steps the scheduler alike
         sched.step(score)
         improved = score > best
         if improved:
             best, bad = score, 0
-            torch.save(model.state_dict(), out / BEST)
+            if main:
+                torch.save(model.state_dict(), out / BEST)
         else:
             bad += 1
         row = {"epoch": epoch, "steps": steps, **{f"train_{k}": tot[k] / cnt[k] for k in sorted(tot)},
                "val_score": score, "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_secs, 1),
                "epoch_seconds": round(time.time() - t0, 1)}
         history.append(row)
-        print(f"epoch {epoch:3d} | loss {row['train_loss']:.4f} | xent {row['train_xent']:.4f} | "
-              f"val BLEU-4 {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
-              f"{row['epoch_seconds']:.0f}s", flush=True)
-        _save_history(out, history)
-        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-              "best": best, "bad_epochs": bad, "steps": steps, "history": history,
-              "train_config": asdict(config)}
-        torch.save(ck, out / (LAST + ".tmp"))
-        os.replace(out / (LAST + ".tmp"), out / LAST)
+        rng_states = D.gather_objects(torch.get_rng_state())
+        if main:
+            print(f"epoch {epoch:3d} | loss {row['train_loss']:.4f} | xent {row['train_xent']:.4f} | "
+                  f"val BLEU-4 {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
+                  f"{row['epoch_seconds']:.0f}s", flush=True)
+            _save_history(out, history)
+            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+                  "torch_rng_ranks": rng_states, "epoch": epoch, "best": best, "bad_epochs": bad,
+                  "steps": steps, "history": history, "train_config": asdict(config)}
+            torch.save(ck, out / (LAST + ".tmp"))
+            os.replace(out / (LAST + ".tmp"), out / LAST)
 
+    D.barrier()  # NOTE: best.pt is complete before any rank reads it
     if (out / BEST).is_file():
         model.load_state_dict(torch.load(out / BEST, map_location=device, weights_only=True))
     model.eval()
     return history
+
+
+def _merge_epoch_stats(tot: dict[str, float], cnt: dict[str, int],
+                       ctx: D.DistContext) -> tuple[dict[str, float], dict[str, int]]:
+    """Epoch sums over all ranks (loss/xent are already global: taken from rank 0 alone)."""
+    if not ctx.active:
+        return tot, cnt
+    mt, mc = dict(tot), dict(cnt)
+    for r, (t, c) in enumerate(D.gather_objects((tot, cnt))):
+        if r == ctx.rank:
+            continue
+        for k in t:
+            if k in ("loss", "xent"):
+                continue
+            mt[k] = mt.get(k, 0.0) + t[k]
+            mc[k] = mc.get(k, 0) + c[k]
+    return mt, mc

@@ -1,6 +1,9 @@
 """Plain functions behind `python -m train`: data → feature cache → fit → evaluate → weights folder.
 
 Each CLI subcommand maps to one function here (`run_fit`, `run_evaluate`, `run_default`).
+`run_fit` also runs under `torchrun --nproc_per_node=N -m train fit ...`: every rank prepares
+the data (rank 0 generates it first; feature extraction is sharded), every rank trains its share
+of each global batch, and rank 0 alone evaluates and writes the weights folder.
 """
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import contextlib
 
 import torch
 
@@ -17,6 +22,7 @@ from sat.model import CaptionModel
 from sat.vocab import Vocab
 from sat.weights import save_weights
 from train.data.karpathy import ImageRecord, load_karpathy
+from train import distributed as D
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
 from train.loop import CaptionData, TrainConfig, fit
@@ -50,6 +56,9 @@ class DataConfig:
     """Vocabulary: minimum word count in the training captions."""
     val_images: int = 500
     """Validation images captioned (greedy) after every epoch for early stopping."""
+    encoder_bf16: bool = False
+    """Extract features under bfloat16 autocast (faster where the CPU has AMX/AVX512-BF16 or on
+    CUDA; the maps drift slightly, see bench/results.md; a separate cache)."""
 
 
 def device_from(name: str) -> torch.device:
@@ -63,8 +72,10 @@ def load_records(dc: DataConfig, *, progress: bool = True) -> tuple[list[ImageRe
     if dc.dataset == "scenes":
         from train.data.scenes import generate_scenes
         root = Path(dc.data_root) if dc.data_root else REPO / "data" / "scenes"
-        json_path = generate_scenes(root, n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test,
-                                    image_size=dc.scene_size, seed=dc.data_seed, progress=progress)
+        with D.main_first():  # NOTE: under torchrun rank 0 writes the images, the others reuse them
+            json_path = generate_scenes(root, n_train=dc.n_train, n_val=dc.n_val, n_test=dc.n_test,
+                                        image_size=dc.scene_size, seed=dc.data_seed,
+                                        progress=progress and D.current().is_main)
         return load_karpathy(json_path, image_root=root), root
     from train.data import load_dataset
     if not dc.data_root:
@@ -80,7 +91,7 @@ def features_for(records: list[ImageRecord], root: Path, cfg: ModelConfig, dc: D
     cache_dir = Path(dc.cache_dir) if dc.cache_dir else REPO / "cache" / "features"
     return extract_features([r.path for r in records], [r.image_id for r in records], encoder=encoder,
                             image_size=cfg.image_size, resize=cfg.resize, dataset_root=root,
-                            cache_dir=cache_dir, device=device, progress=progress)
+                            cache_dir=cache_dir, device=device, progress=progress, bf16=dc.encoder_bf16)
 
 
 def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> list[int]:
@@ -135,8 +146,13 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
 
     model = build_model(cfg, seed=tc.seed)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"training {'blind ' if cfg.blind else ''}{cfg.attention}/{cfg.decoder}: {n_params / 1e6:.2f} M "
-          f"trainable parameters, {len(data)} pairs, {len(val_rows)} val images, device {device}")
+    ctx = D.current()
+    if ctx.is_main and ctx.active:
+        print(f"data parallel: {ctx.world} ranks ({D.backend_for(device.type)}), global batch {tc.batch_size}, "
+              f"about {-(-tc.batch_size // ctx.world)} pairs per rank")
+    if ctx.is_main:
+        print(f"training {'blind ' if cfg.blind else ''}{cfg.attention}/{cfg.decoder}: {n_params / 1e6:.2f} M "
+              f"trainable parameters, {len(data)} pairs, {len(val_rows)} val images, device {device}")
     t0 = time.time()
     history = fit(model, data=data, validate=validate, out_dir=run_dir, config=tc, pad_id=vocab.pad_id,
                   resume=resume, device=device, progress=progress)
@@ -218,9 +234,11 @@ def prepare(dc: DataConfig, cfg: ModelConfig, *, device: torch.device, progress:
     counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
     vocab = Vocab.build((c for r in records if r.split == "train" for c in r.captions),
                         min_freq=dc.min_freq, max_len=cfg.max_len)
-    print(f"dataset {dc.dataset} at {root}: {counts}, vocabulary {len(vocab)}")
+    main_rank = D.current().is_main
+    if main_rank:
+        print(f"dataset {dc.dataset} at {root}: {counts}, vocabulary {len(vocab)}")
     cache = features_for(records, root, cfg, dc, device=device, progress=progress)
-    if cache.failed:
+    if cache.failed and main_rank:
         print(f"skipped {len(cache.failed)} unreadable images, e.g. {next(iter(cache.failed.values()))}")
     return Prepared(dc, records, root, vocab, cache, counts)
 
@@ -228,10 +246,13 @@ def prepare(dc: DataConfig, cfg: ModelConfig, *, device: torch.device, progress:
 def fit_and_evaluate(prep: Prepared, cfg: ModelConfig, tc: TrainConfig, *, run_dir: Path, beam_size: int,
                      device: torch.device, resume: bool = False, progress: bool = True,
                      scorer: CaptionScorer | None = None) -> Trained:
-    """Train one model on the prepared data and score it on the test split."""
+    """Train one model on the prepared data and score it on the test split (rank 0 only under torchrun:
+    the other ranks return empty metrics)."""
     cfg = complete_config(cfg, prep.vocab, prep.cache)
     model, history, secs = train_one(cfg, tc, prep.dc, records=prep.records, cache=prep.cache, vocab=prep.vocab,
                                      run_dir=run_dir, device=device, resume=resume, progress=progress)
+    if not D.current().is_main:
+        return Trained(model, tc, history, secs, {})
     metrics = evaluate_on(model, prep.vocab, prep.records, prep.cache, split="test", beam_size=beam_size,
                           device=device, progress=progress, root=prep.root, scorer=scorer)
     metrics.update({"dataset": prep.dc.dataset, "train_seconds": round(secs, 1),
@@ -252,12 +273,28 @@ def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run
             beam_size: int = 3, with_blind: bool = False, blind_epochs: int | None = None,
             resume: bool = False, device: str = "auto", progress: bool = True,
             command: str = "python -m train") -> dict:
-    """Train (and the blind baseline when asked), evaluate on test, write the weights folder."""
+    """Train (and the blind baseline when asked), evaluate on test, write the weights folder.
+
+    Launched by torchrun, this process is one rank (see `train.distributed.init`)."""
     t_start = time.time()
-    dev = device_from(device)
+    ctx, dev = D.init(device)
+    try:
+        return _run_fit(cfg, tc, dc, out=out, run_dir=run_dir, beam_size=beam_size, with_blind=with_blind,
+                        blind_epochs=blind_epochs, resume=resume, dev=dev, progress=progress, command=command,
+                        t_start=t_start)
+    finally:
+        D.shutdown()
+
+
+def _run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None,
+             beam_size: int, with_blind: bool, blind_epochs: int | None, resume: bool, dev: torch.device,
+             progress: bool, command: str, t_start: float) -> dict:
+    main_rank = D.current().is_main
+    progress = progress and main_rank
     prep = prepare(dc, cfg, device=dev, progress=progress)
     run_dir = run_dir or (REPO / "runs" / out.name)
-    with CaptionScorer() as scorer:
+    # NOTE: the scorer starts Java (METEOR); only rank 0 scores anything
+    with (CaptionScorer() if main_rank else contextlib.nullcontext()) as scorer:
         main = fit_and_evaluate(prep, cfg, tc, run_dir=run_dir, beam_size=beam_size, device=dev, resume=resume,
                                 progress=progress, scorer=scorer)
         if with_blind:
@@ -266,6 +303,8 @@ def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run
                                      run_dir=run_dir.with_name(run_dir.name + "-blind"), resume=resume,
                                      progress=progress, scorer=scorer)
             main.metrics["blind"] = blind.metrics
+    if not main_rank:
+        return {}
     main.metrics["total_seconds"] = round(time.time() - t_start, 1)
     ship(out, main, prep, command=command)
     print(f"total {main.metrics['total_seconds'] / 60:.1f} min")

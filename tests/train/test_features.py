@@ -95,3 +95,13 @@ def test_arguments_checked(tmp_path):
     with pytest.raises(ValueError):
         F.extract_features(paths, ["same", "same"], encoder=create_encoder("test-tiny"), image_size=64,
                            resize="crop", dataset_root=tmp_path, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_bf16_extraction_is_a_separate_cache_close_to_fp32(tmp_path):
+    paths = make_images(tmp_path / "imgs", 4)
+    fp32 = extract(paths, tmp_path / "imgs", tmp_path / "cache")
+    bf16 = extract(paths, tmp_path / "imgs", tmp_path / "cache", bf16=True)
+    assert bf16.path != fp32.path
+    a, b = np.asarray(fp32.maps, dtype=np.float32), np.asarray(bf16.maps, dtype=np.float32)
+    assert not np.array_equal(a, b)  # bf16 really ran
+    assert np.abs(a - b).mean() < 0.02 * np.abs(a).mean() + 1e-3

@@ -1,0 +1,107 @@
+"""The results files: the keys results.json always holds, and results.md, the README's table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PARTS = ("matmul", "train", "beam", "latency", "encoder", "memory")
+
+# NOTE: always present in results.json (null when that part was not run), so readers need no guards.
+KEYS = ("train_speedup_vs_reference", "beam5_speedup_vs_per_image", "latency_ms_p50", "latency_ms_p95",
+        "encoder_images_per_s", "matmul_gflops", "train_gflops", "peak_rss_mb_train", "peak_rss_mb_app",
+        "machine", "commands")
+
+TARGETS = {  # key: (comparison, threshold) from the issue
+    "train_speedup_vs_reference": (">=", 5.0),
+    "beam5_speedup_vs_per_image": (">=", 10.0),
+    "latency_ms_p50": ("<=", 150.0),
+    "encoder_images_per_s": (">=", 30.0),
+}
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "not run"
+    if isinstance(v, float):
+        v = f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v}{unit}"
+
+
+def _target(key: str, value: Any) -> str:
+    if key not in TARGETS:
+        return ""
+    op, thr = TARGETS[key]
+    if value is None:
+        return f"{op} {thr:g}"
+    ok = value >= thr if op == ">=" else value <= thr
+    return f"{op} {thr:g} {'✅' if ok else '❌'}"
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(what, figure, compared with, target) for each line of the table."""
+    g = r.get
+    out = [
+        ("Training, LSTM soft attention (tokens/s)", _fmt(g("train_tokens_per_s")),
+         f"tutorial-style loop: {_fmt(g('train_tokens_per_s_reference'))}", ""),
+        ("… speed-up vs the tutorial-style decoder", _fmt(g("train_speedup_vs_reference"), "×"),
+         f"FLOPs/token: ours {_fmt(_mflop(g('train_flops_per_token')), ' M')}, "
+         f"reference {_fmt(_mflop(g('train_flops_per_token_reference')), ' M')}",
+         _target("train_speedup_vs_reference", g("train_speedup_vs_reference"))),
+        ("… bf16 autocast (tokens/s)", _fmt(g("train_tokens_per_s_bf16")), "fp32 above", ""),
+        ("Training FLOP rate (GFLOP/s)", _fmt(g("train_gflops")),
+         f"matmul peak {_fmt(g('matmul_gflops'))} GFLOP/s → {_fmt(_pct(g('train_fraction_of_matmul')), ' %')}", ""),
+        ("Beam 5, batched (images/s)", _fmt(g("beam5_images_per_s")),
+         f"one image at a time: {_fmt(g('beam5_images_per_s_per_image'))}", ""),
+        ("… speed-up vs per image", _fmt(g("beam5_speedup_vs_per_image"), "×"),
+         f"same captions: {_fmt(g('beam5_same_captions'))}",
+         _target("beam5_speedup_vs_per_image", g("beam5_speedup_vs_per_image"))),
+        ("One photo → caption + maps, p50 (ms)", _fmt(g("latency_ms_p50")),
+         f"p95 {_fmt(g('latency_ms_p95'))} ms over {_fmt(g('latency_photos'))} JPEGs",
+         _target("latency_ms_p50", g("latency_ms_p50"))),
+        ("Encoder, 224 px, batch 32 (images/s)", _fmt(g("encoder_images_per_s")),
+         f"best variant {_fmt(g('encoder_best_images_per_s'))}; captions unchanged under bf16: "
+         f"{_fmt(g('encoder_bf16_same_captions'))}",
+         _target("encoder_images_per_s", g("encoder_images_per_s"))),
+        ("Peak RSS, training (MB)", _fmt(g("peak_rss_mb_train")),
+         f"{_fmt(g('train_memory_images'))} images' features in RAM: {_fmt(g('train_memory_features_mb'))} MB", ""),
+        ("Peak RSS, app after one caption (MB)", _fmt(g("peak_rss_mb_app")),
+         f"after start: {_fmt(g('app_rss_mb_after_start'))} MB", ""),
+    ]
+    return out
+
+
+def _mflop(v: Any) -> float | None:
+    return None if v is None else v / 1e6
+
+
+def _pct(v: Any) -> float | None:
+    return None if v is None else 100.0 * v
+
+
+def write_markdown(r: dict[str, Any], path: Path) -> None:
+    m = r.get("machine") or {}
+    lines = []
+    if r.get("quick"):
+        lines.append("> **Quick mode**: tiny sizes, a check that the benchmark runs, *not* a measurement.\n")
+    lines.append(f"Machine: {m.get('cores')} cores, {m.get('cpu_model')}, torch {m.get('torch')} "
+                 f"({m.get('torch_threads')} threads), bf16 {'yes' if m.get('bf16_supported') else 'no'}.\n")
+    lines.append("| measurement | figure | compared with | target |")
+    lines.append("|---|---|---|---|")
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(r)]
+    variants = r.get("encoder_variants") or {}
+    if variants:
+        lines += ["", "Encoder variants (224 px, batch 32; drift = |features − fp32 channels-last|):", "",
+                  "| variant | images/s | max abs drift | mean abs drift |", "|---|---|---|---|"]
+        for name, v in variants.items():
+            if "error" in v:
+                lines.append(f"| {name} | failed: {v['error']} | | |")
+            else:
+                drift = [f"{v[k]:.3g}" if k in v else "" for k in ("max_abs_diff", "mean_abs_diff")]
+                lines.append(f"| {name} | {_fmt(v.get('images_per_s'))} | {drift[0]} | {drift[1]} |")
+    stages = r.get("latency_stage_ms_p50")
+    if stages:
+        lines += ["", "Latency by stage (p50, ms): " + ", ".join(f"{k[:-3]} {v}" for k, v in stages.items())]
+    cmds = sorted(set((r.get("commands") or {}).values()))
+    if cmds:
+        lines += ["", "Produced by: " + "; ".join(f"`{c}`" for c in cmds)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

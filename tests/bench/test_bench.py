@@ -1,0 +1,101 @@
+"""The benchmark code works and writes complete results (quick mode, tiny sizes: never a speed
+assertion), and the tutorial-style reference decoder computes exactly our loss, so the training
+speed comparison is between two implementations of the same model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.reference import TutorialDecoder
+from bench.report import KEYS, PARTS
+from bench.training import TrainShape, build_pair, make_batches
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = TrainShape(batch=7, vocab=30, embed=12, attention=10, decoder=14, encoder_dim=16, grid=(2, 3),
+                   min_words=2, max_words=7, dropout=0.0)
+
+
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_reference_decoder_computes_our_loss_and_gradients(sort):
+    ours, ref = build_pair(SHAPE, seed=1)
+    fmap, caps = make_batches(SHAPE, 1, seed=2)[0]
+    lengths = (caps != 0).sum(1)
+    assert lengths.min() < lengths.max()  # the shrinking batch really shrinks
+    if sort:
+        order = lengths.argsort(descending=True)
+        fmap, caps = fmap[order], caps[order]
+    loss_ours, _ = ours.loss(fmap, caps, alpha_c=1.0)
+    loss_ref = ref.loss(fmap.flatten(2).transpose(1, 2), caps, alpha_c=1.0)
+    assert loss_ref.item() == pytest.approx(loss_ours.item(), rel=1e-5)
+    loss_ours.backward()
+    loss_ref.backward()
+    g_ours, g_ref = _grads(ours.decoder), _grads(ref)
+    for ours_name, ref_name in TutorialDecoder.NAME_MAP.items():
+        if ours_name == "attention.score.bias":
+            continue  # the softmax ignores it: both gradients are rounding noise around 0
+        assert torch.allclose(g_ours[ours_name], g_ref[ref_name], atol=1e-6, rtol=1e-4), ours_name
+
+
+def test_reference_recomputes_the_projection_every_step():
+    _, ref = build_pair(SHAPE)
+    calls = []
+    ref.attention.encoder_att.register_forward_hook(lambda m, i, o: calls.append(i[0].size(0)))
+    fmap, caps = make_batches(SHAPE, 1)[0]
+    ref.loss(fmap.flatten(2).transpose(1, 2), caps)
+    steps = int((caps != 0).sum(1).max()) - 1
+    assert len(calls) == steps  # once per step, on the shrinking batch
+    assert calls == sorted(calls, reverse=True) and calls[0] == SHAPE.batch and calls[-1] < SHAPE.batch
+
+
+def test_loading_weights_with_other_names_is_refused():
+    ours, ref = build_pair(SHAPE)
+    ours.decoder.gate = None  # a decoder without the gating scalar has no f_beta to copy
+    with pytest.raises(RuntimeError, match="f_beta"):
+        ref.load_from(ours.decoder)
+
+
+def test_quick_run_writes_complete_results(tmp_path):
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out-dir", str(tmp_path)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    for key in KEYS:
+        assert res.get(key) is not None, key
+    assert res["quick"] is True and set(res["parts"]) == set(PARTS)
+    m = res["machine"]
+    assert m["cores"] >= 1 and m["cpu_model"] and m["torch"] == torch.__version__
+    assert all(res["commands"][p].startswith("python -m bench --quick") for p in PARTS)
+    assert res["beam5_same_captions"] == "4/4"  # batched and per-image search agree
+    assert res["latency_ms_p95"] >= res["latency_ms_p50"] > 0
+    assert res["peak_rss_mb_train"] > 50 and res["peak_rss_mb_app"] > res["peak_rss_mb_train"] / 10
+    assert "bf16 autocast channels-last" in res["encoder_variants"] or not m["bf16_supported"]
+    md = (tmp_path / "results.md").read_text()
+    assert "Quick mode" in md and "| measurement | figure | compared with | target |" in md
+    assert f"torch {torch.__version__}" in md and "python -m bench --quick" in md
+
+
+def test_only_runs_the_named_parts_and_rejects_unknown_ones(tmp_path, monkeypatch):
+    from bench.__main__ import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # NOTE: restored after the test (main sets it)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--quick", "--only", "matmul", "--out-dir", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["matmul_gflops"] > 0 and res["train_speedup_vs_reference"] is None
+    assert "not run" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--quick", "--only", "warp-drive", "--out-dir", str(tmp_path)])
