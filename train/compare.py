@@ -22,7 +22,7 @@ from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
 from train.loop import TrainConfig
 from train.metrics import CaptionScorer
-from train.pipeline import (REPO, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
+from train.pipeline import (REPO, TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
                             prepare, ship, split_rows)
 
 VARIANTS: dict[str, dict] = {
@@ -62,14 +62,21 @@ def word_frequency_row(prep: Prepared, scorer: CaptionScorer) -> dict:
     return m
 
 
-def _reuse(folder: Path, cfg: ModelConfig, tc: TrainConfig) -> Trained | None:
-    """A finished variant whose config and training settings match, else None."""
-    try:
-        tensors, saved_cfg, _, metrics = read_weights(folder)
-        saved_tc = json.loads((folder / "train_config.json").read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        return None
-    if saved_cfg != cfg or saved_tc != asdict(tc) or "bleu4" not in metrics:
+def _reuse(folders: list[Path], cfg: ModelConfig, tc: TrainConfig) -> Trained | None:
+    """The first finished weights folder whose config and training settings match, else None.
+
+    NOTE: the bundled assets/weights/{soft,hard} are candidates too: when the default run used the
+    same model and training settings, the table shows those very weights instead of retraining.
+    """
+    for folder in folders:
+        try:
+            tensors, saved_cfg, _, metrics = read_weights(folder)
+            saved_tc = json.loads((folder / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            continue
+        if saved_cfg == cfg and saved_tc == asdict(tc) and "bleu4" in metrics:
+            break
+    else:
         return None
     model = CaptionModel(cfg)
     load_into(model, tensors, source=str(folder))
@@ -105,13 +112,12 @@ def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, runs:
     else:
         cfg = complete_config(base.replace(**VARIANTS[name]), prep.vocab, prep.cache)
         folder = runs / name / "weights"
-        t = _reuse(folder, cfg, tc)
+        t = _reuse([folder, REPO / "assets" / "weights" / name], cfg, tc)
         if t is None:
             t = fit_and_evaluate(prep, cfg, tc, run_dir=runs / name, beam_size=beam_size, device=device,
                                  progress=progress, scorer=scorer)
             ship(folder, t, prep, command=command)
-            (folder / "train_config.json").write_text(json.dumps(asdict(tc), indent=2), encoding="utf-8")
-        row = dict(t.metrics)
+        row = {k: v for k, v in t.metrics.items() if k not in ("blind", "total_seconds")}
     row = {"name": name, **row}
     print(f"[{name}]")
     write_metrics(row, None)

@@ -7,6 +7,7 @@ of each global batch, and rank 0 alone evaluates and writes the weights folder.
 """
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -179,6 +180,25 @@ def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], c
     return metrics
 
 
+def _attention_line(cfg: ModelConfig) -> str:
+    if cfg.attention == "hard":
+        return (f"- Attention: hard (stochastic, Xu et al. §4.1): trained with REINFORCE on sampled locations "
+                f"(moving-average baseline, λ_r {cfg.hard_reinforce}, entropy bonus λ_e {cfg.hard_entropy}, "
+                f"half the batches on the expected context); at test time the context is the "
+                f"**{cfg.hard_test_rule}** location rule (`hard_test_rule` in config.json: 'argmax' or "
+                f"'expectation'). The map shown per word is α_t.\n")
+    return f"- Attention: {cfg.attention}; the map shown per word is α_t.\n"
+
+
+def _grounding_line(metrics: dict) -> str:
+    g = metrics.get("grounding")
+    if not g:
+        return ""
+    return (f"\nWhere it looks (object words of the generated test captions, `train/grounding.py`): pointing "
+            f"{g['pointing']:.3f} (uniform chance {g['chance_pointing']:.3f}), mass {g['mass']:.3f} "
+            f"(chance {g['chance_mass']:.3f}) over {g['n_words']} words.\n")
+
+
 def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: dict, history: list[dict],
                seconds: float, command: str, counts: dict[str, int]) -> str:
     rows = [("this model", metrics)] + ([("blind baseline", metrics["blind"])] if "blind" in metrics else [])
@@ -193,11 +213,11 @@ def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: di
 
 {warning}- Data: `{dc.dataset}` ({', '.join(f'{k} {v}' for k, v in counts.items())} images); vocabulary {cfg.vocab_size} tokens (min count {dc.min_freq}), captions ≤ {cfg.max_len} words.
 - Encoder: `{cfg.encoder}` ({cfg.feature_map} feature map, {cfg.grid[0]}×{cfg.grid[1]}×{cfg.encoder_dim}, {cfg.image_size} px, {cfg.resize}), ImageNet weights, {"frozen" if not cfg.finetune_blocks else f"last {cfg.finetune_blocks} blocks fine-tuned"}.
-- Decoder: embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}.
-- Training: {len(history)} epochs (best by validation BLEU-4 of greedy captions), batch {tc.batch_size}, Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
+- Decoder: {cfg.decoder.upper()}, embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}, h₀/c₀ from {cfg.init_state}.
+{_attention_line(cfg)}- Training: {len(history)} epochs (best by validation BLEU-4 of greedy captions), batch {tc.batch_size}, Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
 - Test split, beam {metrics['beam_size']}, {metrics['n_images']} images (official COCO caption metrics, pycocoevalcap):
 
-{table}
+{table}{_grounding_line(metrics)}
 Produced by: `{command}`
 """
 
@@ -262,11 +282,15 @@ def fit_and_evaluate(prep: Prepared, cfg: ModelConfig, tc: TrainConfig, *, run_d
     return Trained(model, tc, history, secs, metrics)
 
 
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
 def ship(out: Path, t: Trained, prep: Prepared, *, command: str) -> None:
-    """Write a weights folder with its model card."""
+    """Write a weights folder with its model card and the training settings that produced it."""
     card = model_card(cfg=t.model.config, tc=t.tc, dc=prep.dc, metrics=t.metrics, history=t.history,
                       seconds=t.seconds, command=command, counts=prep.counts)
     save_run(out, t.model, prep.vocab, t.metrics, card)
+    (out / TRAIN_CONFIG_FILE).write_text(json.dumps(asdict(t.tc), indent=2) + "\n", encoding="utf-8")
 
 
 def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,
