@@ -46,8 +46,12 @@ GRID_MAX_AGE_S = 3600
 
 
 def _example_paths(folder: Path = EXAMPLES) -> list[str]:
+    """Example photos; the attention grids kept beside them (attention_*.png) are not examples."""
     exts = {".jpg", ".jpeg", ".png", ".webp"}
-    return sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in exts) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.glob("*")
+                  if p.suffix.lower() in exts and not p.name.startswith("attention_"))
 
 
 def caption_chips(result: StudioResult | None, name: str, index: int) -> str:

@@ -171,3 +171,13 @@ def test_weights_paths_inside_the_repository_are_shown_relative(tmp_path):
     assert pretty_spec(str(REPO / "assets" / "weights" / "soft")) == "assets/weights/soft"
     assert pretty_spec("hf://owner/sat@v1") == "hf://owner/sat@v1"
     assert pretty_spec(str(tmp_path / "w")) == str(tmp_path / "w")
+
+
+def test_attention_grids_beside_the_examples_are_not_examples(tmp_path):
+    from PIL import Image
+
+    from studio.ui import _example_paths
+
+    for name in ("scene_1.jpg", "photo.png", "attention_1.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x") if name.endswith(".txt") else Image.new("RGB", (4, 4)).save(tmp_path / name)
+    assert [p.rsplit("/", 1)[-1] for p in _example_paths(tmp_path)] == ["photo.png", "scene_1.jpg"]
