@@ -24,6 +24,36 @@ REPO = Path(__file__).resolve().parent
 DEFAULTS = {"soft": REPO / "assets" / "weights" / "soft", "hard": REPO / "assets" / "weights" / "hard"}
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for tests and benchmarks that start this app)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(proc, url: str, *, timeout: float, describe_exit=lambda: "") -> float:
+    """Poll `url` until the app started as `proc` answers 200; return the seconds it took.
+
+    Raises RuntimeError (with `describe_exit()` appended) if the process exits first, TimeoutError
+    after `timeout` seconds.
+    """
+    import urllib.request
+    t0, deadline = time.perf_counter(), time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}{describe_exit()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - t0
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"app.py did not answer on {url} within {timeout} s")
+        time.sleep(0.3)
+
+
 def weights_spec(name: str, flag: str | None) -> str:
     """--soft/--hard, else SAT_WEIGHTS_SOFT/HARD, else the bundled folder."""
     return flag or os.environ.get(f"SAT_WEIGHTS_{name.upper()}") or str(DEFAULTS[name])

@@ -12,7 +12,6 @@ import resource
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +99,13 @@ def run_child_peak_rss(args: list[str], *, timeout: float) -> tuple[float, str]:
     return float(last["peak_rss_mb"]), out.stdout
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def app_peak_rss(*, soft: str | None, hard: str | None, image: Path, start_timeout: float = 120.0) -> dict[str, Any]:
     """Start `python app.py`, caption `image` once through gradio_client, read the app's VmHWM."""
     from gradio_client import Client, handle_file
 
-    port = _free_port()
+    from app import free_port, wait_until_serving
+
+    port = free_port()
     args = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
     if soft:
         args += ["--soft", soft]
@@ -121,20 +115,8 @@ def app_peak_rss(*, soft: str | None, hard: str | None, image: Path, start_timeo
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        t0, deadline = time.perf_counter(), time.monotonic() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app.py did not answer within {start_timeout} s")
-            time.sleep(0.3)
-        start_s = time.perf_counter() - t0
+        start_s = wait_until_serving(proc, url, timeout=start_timeout,
+                                     describe_exit=lambda: f": {proc.stderr.read()[-2000:]}")
         idle = vm_hwm_mb(proc.pid)
         client = Client(url, verbose=False)
         t1 = time.perf_counter()

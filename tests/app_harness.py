@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
+
+from app import free_port, wait_until_serving
 
 if TYPE_CHECKING:  # pragma: no cover
     from playwright.sync_api import Page
@@ -34,12 +33,6 @@ UI_TIMEOUT_MS = 30_000
 
 # ----------------------------------------------------------------------------- the server
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
     """`python app.py ARGS` on a free 127.0.0.1 port; yields its URL once it answers, then stops it."""
@@ -50,20 +43,8 @@ def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None 
                             cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}" +
-                                   (f"; log: {log.read_text()}" if log else ""))
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app.py did not answer on {url} within {START_TIMEOUT_S} s")
-            time.sleep(0.3)
+        wait_until_serving(proc, url, timeout=START_TIMEOUT_S,
+                           describe_exit=lambda: f"; log: {log.read_text()}" if log else "")
         yield url
     finally:
         proc.terminate()
