@@ -133,6 +133,59 @@ class TutorialDecoder(nn.Module):
         return xent + alpha_c * reg
 
 
+    @torch.no_grad()
+    def beam_search_one(self, encoder_out: torch.Tensor, *, beam_size: int, max_len: int, pad_id: int = 0,
+                        start_id: int = 1, end_id: int = 2) -> tuple[list[int], float]:
+        """One image's beam search the tutorial's way: encoder_out (1, L, D) → (token ids, score).
+
+        The tutorial's control flow: the image's k beams form the batch; every step recomputes the
+        attention projection, takes the top k of the flattened (k·V) scores, moves beams that emitted
+        <end> to a finished list and *shrinks* k by that many, and stops when k reaches 0. The best
+        finished caption by summed log-probability wins. Our search's conventions are kept so that the
+        captions can be compared: <pad>/<start> are never generated and step `max_len` may only emit <end>.
+        """
+        k = beam_size
+        enc = encoder_out.expand(k, *encoder_out.shape[1:])  # (k, L, D)
+        prev = torch.full((k,), start_id, dtype=torch.long)
+        seqs = torch.empty(k, 0, dtype=torch.long)
+        top = torch.zeros(k, 1)
+        done_seqs: list[list[int]] = []
+        done_scores: list[float] = []
+        h, c = self.init_hidden_state(enc)
+        for step in range(max_len + 1):
+            emb = self.embedding(prev)  # (k, m)
+            context, _ = self.attention(enc, h)
+            context = torch.sigmoid(self.f_beta(h)) * context
+            h, c = self.decode_step(torch.cat([emb, context], dim=1), (h, c))
+            x = torch.tanh(emb + self.out_h(h) + self.out_z(context))
+            logp = F.log_softmax(self.fc(x), dim=1)  # (k, V)
+            logp[:, pad_id] = float("-inf")
+            logp[:, start_id] = float("-inf")
+            if step == max_len:
+                keep = logp[:, end_id].clone()
+                logp.fill_(float("-inf"))
+                logp[:, end_id] = keep
+            scores = top + logp  # (k, V)
+            flat = scores[0] if step == 0 else scores.view(-1)  # NOTE: at step 0 all k beams are equal
+            top_scores, top_words = flat.topk(k)
+            parent = torch.div(top_words, logp.size(1), rounding_mode="floor")
+            word = top_words % logp.size(1)
+            seqs = torch.cat([seqs[parent], word.unsqueeze(1)], dim=1)
+            ended = word == end_id
+            for i in ended.nonzero().flatten().tolist():
+                done_seqs.append(seqs[i].tolist())
+                done_scores.append(float(top_scores[i]))
+            k -= int(ended.sum())
+            if k == 0:
+                break
+            live = (~ended).nonzero().flatten()
+            seqs, top = seqs[live], top_scores[live].unsqueeze(1)
+            h, c, enc = h[parent[live]], c[parent[live]], enc[parent[live]]
+            prev = word[live]
+        best = max(range(len(done_scores)), key=done_scores.__getitem__)
+        return done_seqs[best], done_scores[best]
+
+
 def reference_for(decoder: LSTMDecoder, *, attention_dim: int, dropout: float) -> TutorialDecoder:
     """A tutorial decoder with the same dimensions as `decoder`, holding a copy of its weights."""
     embed_dim = decoder.embed.embedding_dim

@@ -4,7 +4,7 @@ Every attention kind implements the same calls, so any recurrent decoder can use
 
     keys = attn.prepare(feats)                          # once per image: (B, L, D) → (B, L, A)
     context, alpha, logp = attn(feats, keys, query)     # every step: (B, D), (B, L), (B,) or None
-    extra, stats = attn.regularizer(alphas, sample_logp, seq_logp, mask, alpha_c=λ)   # in the loss
+    extra, stats = attn.regularizer(alphas, sample_logp, token_logp, mask, alpha_c=λ)  # in the loss
 
 `prepare` is where the per-image projection of the annotation vectors happens (W_a a_i), so a
 step only projects the query: the projection of all L vectors is not recomputed T times.
@@ -13,10 +13,12 @@ step only projects the query: the projection of all L vectors is not recomputed 
 - soft (§4.2), additive:  e_ti = wᵀ tanh(W_a a_i + W_h h_{t-1});  α_t = softmax(e_t);  ẑ_t = Σ_i α_ti a_i
   with the doubly stochastic penalty λ Σ_i (1 − Σ_t α_ti)² (eq. 14).
 - hard (§4.1), stochastic: the same α_t, but ẑ_t = a_{s_t} with s_t ~ Multinoulli(α_t); trained on
-  the variational lower bound with REINFORCE (eq. 12): a moving-average baseline b on the reward
-  log p(y | s, a), and an entropy bonus λ_e H[s]. Half of the batches use the expected context
+  the variational lower bound with REINFORCE (eq. 12): λ_r Σ_t (R_t − b_t) ∇log p(s_t), with moving-
+  average baselines b_t, and an entropy bonus λ_e H[s]. Half of the batches use the expected context
   Σ_i α_ti a_i instead of a sample (the paper's variance trick). At test time the argmax location
-  (default) or the expectation.
+  (default) or the expectation. The reward R_t is log p(y | s, a) for every t as eq. 12 writes it
+  ('sequence'), or by default only the words s_t can influence, R_t = Σ_{t'≥t} log p(y_t' | …)
+  ('to_go'): the same expected gradient (s_t cannot change earlier words) with less variance.
 - dot, multiplicative:   e_tj = (Q h_{t-1})ᵀ (K a_j) / √A
 - uniform:               α_tj = 1 / L, the baseline every learned attention must beat.
 """
@@ -53,7 +55,7 @@ class Attention(nn.Module):
     def forward(self, feats: torch.Tensor, keys: torch.Tensor, query: torch.Tensor) -> Out:
         raise NotImplementedError
 
-    def regularizer(self, alphas: torch.Tensor, sample_logp: torch.Tensor | None, seq_logp: torch.Tensor,
+    def regularizer(self, alphas: torch.Tensor, sample_logp: torch.Tensor | None, token_logp: torch.Tensor,
                     mask: torch.Tensor, *, alpha_c: float) -> tuple[torch.Tensor, dict[str, float]]:
         """Extra loss terms of this kind (default: the doubly stochastic penalty)."""
         reg = doubly_stochastic(alphas, mask)
@@ -85,17 +87,31 @@ class SoftAttention(Attention):
 class HardAttention(SoftAttention):
     """Stochastic hard attention: the soft model's α_t used as a distribution over locations."""
 
+    POSITIONS = 64
+    """Baselines kept per caption position (later positions share the last one)."""
+
     def __init__(self, *, encoder_dim: int, decoder_dim: int, attention_dim: int,
                  entropy_weight: float = 0.01, reinforce_weight: float = 1.0, baseline_decay: float = 0.9,
-                 test_rule: str = "argmax"):
+                 test_rule: str = "argmax", reward: str = "to_go"):
         super().__init__(encoder_dim=encoder_dim, decoder_dim=decoder_dim, attention_dim=attention_dim)
         if test_rule not in ("argmax", "expectation"):
             raise ValueError(f"test_rule must be 'argmax' or 'expectation', got {test_rule!r}")
+        if reward not in ("to_go", "sequence"):
+            raise ValueError(f"reward must be 'to_go' or 'sequence', got {reward!r}")
         self.entropy_weight, self.reinforce_weight = entropy_weight, reinforce_weight
-        self.baseline_decay, self.test_rule = baseline_decay, test_rule
+        self.baseline_decay, self.test_rule, self.reward = baseline_decay, test_rule, reward
         self.expected = False  # set per batch by the model: use Σ α a instead of a sample
-        self.register_buffer("baseline", torch.zeros(()))  # b: moving average of the reward
-        self.register_buffer("baseline_set", torch.zeros((), dtype=torch.bool))
+        # b_t: moving average of the reward at caption position t
+        self.register_buffer("baseline", torch.zeros(self.POSITIONS))
+        self.register_buffer("baseline_set", torch.zeros(self.POSITIONS, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # NOTE: weights saved before per-position baselines hold one scalar b: it becomes every b_t
+        for name in ("baseline", "baseline_set"):
+            v = state_dict.get(prefix + name)
+            if v is not None and v.dim() == 0:
+                state_dict[prefix + name] = v.expand(self.POSITIONS).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def begin_batch(self) -> None:
         # NOTE: the paper's variance trick: with probability 0.5 a batch uses Σ α a (soft) instead
@@ -113,25 +129,46 @@ class HardAttention(SoftAttention):
         s = alpha.argmax(dim=-1)  # (B,)
         return feats[torch.arange(feats.size(0)), s], alpha, None
 
-    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c):
+    def rewards(self, token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """R_t (B, T) from log p(y_t | …) (B, T): words from t on ('to_go') or the whole caption."""
+        token_logp = token_logp * mask
+        if self.reward == "sequence":
+            return token_logp.sum(dim=1, keepdim=True).expand_as(mask)
+        return token_logp.flip(1).cumsum(1).flip(1)  # R_t = Σ_{t' ≥ t} log p(y_t')
+
+    @torch.no_grad()
+    def _update_baseline(self, reward: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """b (T,) for this batch (the moving average so far; this batch's mean where none yet), then
+        move each b_t towards this batch's mean reward at position t."""
+        T = mask.size(1)
+        t = min(T, self.POSITIONS)
+        pos = torch.arange(T, device=mask.device).clamp_max(t - 1)  # later positions share the last
+        count = mask.sum(0)[:t]  # (t,)
+        mean = (reward * mask).sum(0)[:t] / count.clamp_min(1.0)  # (t,)
+        seen = self.baseline_set[:t]
+        used = torch.where(seen, self.baseline[:t], mean)[pos]  # (T,)
+        live = count > 0
+        moved = torch.where(seen, self.baseline_decay * self.baseline[:t] + (1 - self.baseline_decay) * mean, mean)
+        self.baseline[:t] = torch.where(live, moved, self.baseline[:t])
+        self.baseline_set[:t] = seen | live
+        return used
+
+    def regularizer(self, alphas, sample_logp, token_logp, mask, *, alpha_c):
         entropy = -(alphas * torch.log(alphas + 1e-12)).sum(-1)  # (B, T): H[s_t]
-        mean_entropy = (entropy * mask).sum() / mask.sum().clamp_min(1.0)
+        n = mask.sum().clamp_min(1.0)
+        mean_entropy = (entropy * mask).sum() / n
         loss = -self.entropy_weight * mean_entropy
-        stats = {"entropy": float(mean_entropy.detach()), "baseline": float(self.baseline)}
+        stats = {"entropy": float(mean_entropy.detach()), "baseline": float(self.baseline[0])}
         if sample_logp is None:  # an expected-context batch: plain maximum likelihood
             return loss, stats
-        reward = seq_logp.detach()  # (B,) log p(y | s, a): the reward of the sampled locations
-        with torch.no_grad():
-            mean = reward.mean()
-            if not bool(self.baseline_set):
-                self.baseline.copy_(mean)
-                self.baseline_set.fill_(True)
-            else:
-                self.baseline.mul_(self.baseline_decay).add_((1 - self.baseline_decay) * mean)
-        advantage = reward - self.baseline  # (B,)
-        score = (sample_logp * mask).sum(dim=1)  # (B,): Σ_t log p(s_t)
-        loss = loss - self.reinforce_weight * (advantage * score).mean()
-        stats.update({"reward": float(mean), "advantage": float(advantage.abs().mean())})
+        reward = self.rewards(token_logp.detach(), mask)  # (B, T)
+        b = self._update_baseline(reward, mask)  # (T,)
+        advantage = (reward - b) * mask  # (B, T)
+        # NOTE: per token, as the cross-entropy: summed over the caption, λ_r = 1 would weigh the
+        # REINFORCE term ~T times the likelihood term and the gradient clip would mostly cut the latter.
+        loss = loss - self.reinforce_weight * (advantage * sample_logp).sum() / n
+        stats.update({"reward": float((token_logp.detach() * mask).sum(1).mean()),
+                      "advantage": float(advantage.abs().sum() / n)})
         return loss, stats
 
 
@@ -168,7 +205,7 @@ class UniformAttention(Attention):
         alpha = feats.new_full(feats.shape[:2], 1.0 / feats.size(1))  # (B, L)
         return feats.mean(dim=1), alpha, None
 
-    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c):
+    def regularizer(self, alphas, sample_logp, token_logp, mask, *, alpha_c):
         return alphas.new_zeros(()), {}  # constant: nothing to learn
 
 

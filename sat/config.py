@@ -53,7 +53,10 @@ class ModelConfig:
     hard_entropy: float = 0.01
     """Hard attention: λ_e, weight of the entropy bonus H[s]."""
     hard_reinforce: float = 1.0
-    """Hard attention: λ_r, weight of the REINFORCE term."""
+    """Hard attention: λ_r, weight of the REINFORCE term (normalised per token, like the cross-entropy)."""
+    hard_reward: str = "to_go"
+    """Hard attention: credit of a sampled location s_t: 'to_go' = log p(y_t … y_T) (the words from t
+    on, which s_t can influence) or 'sequence' = log p(y) of the whole caption (eq. 12 as written)."""
     layers: int = 2
     """Transformer decoder: number of layers."""
     heads: int = 4
@@ -76,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"init_state must be 'mean' or 'zeros', got {self.init_state!r}")
         if self.hard_test_rule not in ("argmax", "expectation"):
             raise ValueError(f"hard_test_rule must be 'argmax' or 'expectation', got {self.hard_test_rule!r}")
+        if self.hard_reward not in ("to_go", "sequence"):
+            raise ValueError(f"hard_reward must be 'to_go' or 'sequence', got {self.hard_reward!r}")
         if self.feature_map not in ("last", "stride16"):
             raise ValueError(f"feature_map must be 'last' or 'stride16', got {self.feature_map!r}")
         if self.resize not in ("crop", "pad"):

@@ -6,7 +6,9 @@ The interface every decoder implements:
     state  = dec.init_state(memory)               # tuple of (B, ...) tensors
     logits, alpha, state = dec.step(tokens, state, memory)      # one word: (B, V), (B, L)
     logits, alphas, sample_logp = dec(feats, inputs)            # teacher forcing: (B, T, V), (B, T, L), (B, T)|None
-    extra, stats = dec.regularizer(alphas, sample_logp, seq_logp, mask, alpha_c=λ)   # attention terms
+    logits, alphas, sample_logp = dec(feats, inputs, mask)      # training: logits (N, V) of the N real tokens
+                                                                #   in mask.nonzero() order; pads hold α = 0
+    extra, stats = dec.regularizer(alphas, sample_logp, token_logp, mask, alpha_c=λ)  # attention terms
 
 Memory and state hold only batch-first tensors, so search can expand and reorder beams with one
 `index_select` without knowing which decoder it drives. Recurrent decoders take any attention
@@ -48,8 +50,9 @@ class Decoder(nn.Module):
              memory: Memory) -> tuple[torch.Tensor, torch.Tensor, State]:
         raise NotImplementedError
 
-    def forward(self, feats: torch.Tensor, inputs: torch.Tensor):
-        """Teacher forcing by the step loop: feats (B, L, D), inputs (B, T) → (B, T, V), (B, T, L), None."""
+    def forward(self, feats: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor | None = None):
+        """Teacher forcing by the step loop: feats (B, L, D), inputs (B, T) → (B, T, V), (B, T, L), None
+        (with `mask` (B, T): logits (N, V) of the real tokens and α zeroed at pads)."""
         memory = self.prepare(feats)
         state = self.init_state(memory)
         logits, alphas = [], []
@@ -57,16 +60,19 @@ class Decoder(nn.Module):
             lg, a, state = self.step(inputs[:, t], state, memory)
             logits.append(lg)
             alphas.append(a)
-        return torch.stack(logits, 1), torch.stack(alphas, 1), None
+        logits, alphas = torch.stack(logits, 1), torch.stack(alphas, 1)
+        if mask is not None:
+            return logits[mask.bool()], alphas * mask.unsqueeze(-1), None
+        return logits, alphas, None
 
     def begin_batch(self) -> None:
         """Hook before each training batch; forwards to the attention kind."""
         if isinstance(getattr(self, "attention", None), Attention):
             self.attention.begin_batch()
 
-    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c: float):
+    def regularizer(self, alphas, sample_logp, token_logp, mask, *, alpha_c: float):
         """Attention-specific loss terms; the attention kind decides (see sat/attention.py)."""
-        return self.attention.regularizer(alphas, sample_logp, seq_logp, mask, alpha_c=alpha_c)
+        return self.attention.regularizer(alphas, sample_logp, token_logp, mask, alpha_c=alpha_c)
 
 
 class RecurrentDecoder(Decoder):
@@ -90,23 +96,57 @@ class RecurrentDecoder(Decoder):
         state, context, alpha, _ = self._advance(emb, state, memory)
         return self._logits(emb, state[0], context), alpha, state
 
-    def forward(self, feats, inputs):
-        # NOTE: only the recurrence runs step by step; the (large) output projection runs once
-        # over all steps, and the batch is never shrunk or re-sorted (padding is masked in the loss).
-        memory = self.prepare(feats)
+    def forward(self, feats, inputs, mask=None):
+        # NOTE: the batch is sorted by caption length and the recurrence runs only on the captions
+        # still going at step t (rows [:b_t], as packed sequences do); the output projection, the
+        # largest matmul, runs once over the real tokens only. Nothing is computed for padding.
+        B, T = inputs.shape
+        full = mask is None
+        if full:
+            mask = inputs.new_ones(B, T, dtype=torch.bool)
+        mask = mask.bool()
+        lengths = mask.sum(1)  # (B,)
+        if not bool((mask == (torch.arange(T, device=mask.device) < lengths[:, None])).all()):
+            raise ValueError("mask must mark a prefix of each row (real tokens first, then padding)")
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,) longest first
+        runs = lengths[order].tolist()
+        memory = self.prepare(feats[order])
         state = self.init_state(memory)
-        emb = self.embed(inputs)  # (B, T, m)
-        hs, zs, alphas, logps = [], [], [], []
-        for t in range(inputs.size(1)):
-            state, context, alpha, logp = self._advance(emb[:, t], state, memory)
+        emb = self.embed(inputs[order])  # (B, T, m), sorted
+        hs, zs, alphas, logps, sizes = [], [], [], [], []
+        for t in range(T):
+            b = sum(n > t for n in runs) if runs[-1] <= t else B  # captions still running
+            if b == 0:
+                break
+            if b < state[0].size(0):
+                state = tuple(s[:b] for s in state)
+                memory = {k: v[:b] for k, v in memory.items()}
+            state, context, alpha, logp = self._advance(emb[:b, t], state, memory)
             hs.append(state[0])
             zs.append(context)
             alphas.append(alpha)
             logps.append(logp)
-        h = torch.stack(hs, 1)  # (B, T, n)
-        z = torch.stack(zs, 1)  # (B, T, D)
-        sample_logp = None if logps[0] is None else torch.stack(logps, 1)  # (B, T)
-        return self._logits(emb, h, z), torch.stack(alphas, 1), sample_logp
+            sizes.append(b)
+        # packed rows are time-major (step 0's b_0 rows, step 1's b_1 rows, …) in sorted order;
+        # `where` maps each to its (row, step) in the caller's (B, T) grid
+        rows = torch.cat([order[:b] for b in sizes])  # (N,)
+        steps = torch.cat([torch.full((b,), t, dtype=torch.long, device=inputs.device) for t, b in enumerate(sizes)])
+        flat = rows * T + steps  # (N,) position in the (B·T) grid
+        packed = torch.cat(alphas)  # (N, L); NOTE: bf16 under autocast, so the grid takes its dtype
+        alpha_grid = packed.new_zeros(B * T, packed.size(1)).index_put((flat,), packed).view(B, T, -1)  # (B, T, L)
+        sample_logp = None
+        if logps[0] is not None:
+            packed = torch.cat(logps)  # (N,)
+            sample_logp = packed.new_zeros(B * T).index_put((flat,), packed).view(B, T)
+        # the output layer's inputs in mask.nonzero() (row-major) order
+        perm = torch.argsort(flat)  # (N,): row-major order of the packed rows
+        h = torch.cat(hs)[perm]  # (N, n)
+        z = torch.cat(zs)[perm]  # (N, D)
+        e = self.embed(inputs[mask])  # (N, m), already row-major
+        logits = self._logits(e, h, z)  # (N, V)
+        if full:
+            logits = logits.view(B, T, -1)
+        return logits, alpha_grid, sample_logp
 
 
 class LSTMDecoder(RecurrentDecoder):
@@ -178,7 +218,7 @@ class GRUDecoder(RecurrentDecoder):
 def _attention(cfg: ModelConfig) -> Attention:
     opts = {}
     if cfg.attention == "hard":
-        opts = dict(entropy_weight=cfg.hard_entropy, reinforce_weight=cfg.hard_reinforce,
+        opts = dict(entropy_weight=cfg.hard_entropy, reinforce_weight=cfg.hard_reinforce, reward=cfg.hard_reward,
                     test_rule=cfg.hard_test_rule)
     return create_attention(cfg.attention, encoder_dim=cfg.encoder_dim, decoder_dim=cfg.decoder_dim,
                             attention_dim=cfg.attention_dim, **opts)

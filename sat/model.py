@@ -55,15 +55,16 @@ class CaptionModel(nn.Module):
         """
         inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T) each
         self.decoder.begin_batch()
-        logits, alphas, sample_logp = self.decoder(self.annotations(fmap), inputs)  # (B, T, V), (B, T, L)
+        mask = targets != pad_id  # (B, T)
+        logits, alphas, sample_logp = self.decoder(self.annotations(fmap), inputs, mask)  # (N, V), (B, T, L)
         # NOTE: float32 whatever the logits' dtype: under bf16 autocast a bf16 token count is
         # inexact above 256, and the loss is summed in float32.
-        mask = (targets != pad_id).float()  # (B, T)
+        nll = logits.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(
+            mask, F.cross_entropy(logits.float(), targets[mask], reduction="none"))  # (B, T), 0 at pads
+        mask = mask.float()
         denom = mask.sum().clamp_min(1.0) if n_tokens is None else max(float(n_tokens), 1.0)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(mask)
-        nll = nll * mask
         xent = nll.sum() / denom
-        extra, stats = self.decoder.regularizer(alphas, sample_logp, -nll.sum(1), mask, alpha_c=alpha_c)
+        extra, stats = self.decoder.regularizer(alphas, sample_logp, -nll, mask, alpha_c=alpha_c)  # -nll: (B, T)
         loss = xent + share * extra
         return loss, {"loss": float(loss.detach()), "xent": float(xent.detach()), **stats,
                       "tokens": float(mask.sum())}

@@ -114,11 +114,21 @@ def sample(decoder: Decoder, feats: torch.Tensor, *, max_len: int, temperature: 
                        end_id=end_id, temperature=temperature, generator=generator)
 
 
+def _compact(keep: torch.Tensor, K: int) -> torch.Tensor:
+    """Row indices (A'·K,) of the K beams of each kept image (keep: (A',) image positions)."""
+    return (keep[:, None] * K + torch.arange(K, device=keep.device)).view(-1)
+
+
 @torch.no_grad()
 def beam_search(decoder: Decoder, feats: torch.Tensor, *, beam_size: int, max_len: int,
                 length_alpha: float = 0.0, pad_id: int = 0, start_id: int = 1,
                 end_id: int = 2) -> list[Hypothesis]:
-    """Beam search batched across images: all B·K beams advance in one tensor per step."""
+    """Beam search batched across images: all beams of all unfinished images advance in one tensor.
+
+    NOTE: two things keep the per-step cost flat: a step stores only its new tokens and
+    back-pointers (the captions are read back once at the end, not copied every step), and images
+    whose K beams have all finished leave the batch (in groups, since dropping rows copies memory).
+    """
     if beam_size < 1:
         raise ValueError(f"beam_size must be ≥ 1, got {beam_size}")
     B, K, dev = feats.size(0), beam_size, feats.device
@@ -126,49 +136,73 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, *, beam_size: int, max_le
     state = decoder.init_state(memory)
     rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B·K,) image of each beam
     memory, state = _select(memory, rows), _select(state, rows)
+    images = list(range(B))  # image id of each active image; the rows are images × K
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=dev)
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # NOTE: one live beam per image at first, else K copies of the same words
     finished = torch.zeros(B * K, dtype=torch.bool, device=dev)
-    hist_tok = torch.empty(B * K, 0, dtype=torch.long, device=dev)
-    hist_lp = torch.empty(B * K, 0, device=dev)
-    hist_alpha = torch.empty(B * K, 0, feats.size(1), device=dev)
-    base = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1)
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # tok, parent, lp, alpha
+    ends: dict[int, tuple[int, list[int], list[float]]] = {}  # image → (step, its K rows there, scores)
+    remap: torch.Tensor | None = None  # rows kept at the last compaction, to map parents back
     for t in range(max_len + 1):
-        logits, alpha, state = decoder.step(tokens, state, memory)  # (B·K, V), (B·K, L)
+        A = len(images)
+        logits, alpha, state = decoder.step(tokens, state, memory)  # (A·K, V), (A·K, L)
         logp = _log_probs(logits, t, max_len=max_len, pad_id=pad_id, start_id=start_id, end_id=end_id)
         V = logp.size(1)
         # a finished beam may only continue with <pad>, at no cost
         logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
         logp[:, pad_id] = torch.where(finished, 0.0, float("-inf"))
-        cand = (scores.view(-1, 1) + logp).view(B, K * V)  # (B, K·V)
-        scores, idx = cand.topk(K, dim=1)  # (B, K)
-        origin = (base + idx // V).view(-1)  # (B·K,) flat index of each survivor's parent
+        cand = (scores.view(-1, 1) + logp).view(A, K * V)  # (A, K·V)
+        scores, idx = cand.topk(K, dim=1)  # (A, K)
+        origin = (torch.arange(A, device=dev)[:, None] * K + idx // V).view(-1)  # (A·K,) parent row
         tokens = (idx % V).view(-1)
         state = _select(state, origin)
-        step_lp = logp.view(B * K, V)[origin, tokens]  # (B·K,)
-        hist_tok = torch.cat([hist_tok[origin], tokens[:, None]], 1)
-        hist_lp = torch.cat([hist_lp[origin], step_lp[:, None]], 1)
-        hist_alpha = torch.cat([hist_alpha[origin], alpha[origin].float()[:, None]], 1)
         finished = finished[origin] | (tokens == end_id)
-        if bool((finished | torch.isinf(scores).view(-1)).all()):
+        parent = origin if remap is None else remap[origin]
+        steps.append((tokens.cpu(), parent.cpu(), logp[origin, tokens].cpu(), alpha[origin].float().cpu()))
+        done = (finished | torch.isinf(scores).view(-1)).view(A, K).all(dim=1)  # (A,)
+        done_list = done.tolist()
+        for a in [a for a, d in enumerate(done_list) if d and images[a] not in ends]:
+            ends[images[a]] = (t, list(range(a * K, a * K + K)), scores[a].tolist())
+        if all(done_list):
             break
-    toks = hist_tok.tolist()
-    hist_lp, hist_alpha, scores = hist_lp.cpu(), hist_alpha.cpu(), scores.cpu()
+        n_done = sum(done_list)
+        remap = None
+        if n_done * 4 >= A:  # drop finished images once they are a quarter of the batch
+            keep = (~done).nonzero().flatten()
+            remap = _compact(keep, K)  # (A'·K,) rows of this step that stay
+            memory, state = _select(memory, remap), _select(state, remap)
+            tokens, finished, scores = tokens[remap], finished[remap], scores[keep]
+            images = [images[a] for a in keep.tolist()]
+    return _read_back(steps, ends, B, end_id=end_id, length_alpha=length_alpha)
+
+
+def _read_back(steps, ends, B: int, *, end_id: int, length_alpha: float) -> list[Hypothesis]:
+    """Follow the back-pointers of each image's K final beams; keep the best by the ranking rule."""
+    toks = [s[0].tolist() for s in steps]
+    parents = [s[1].tolist() for s in steps]
+    lps = [s[2].tolist() for s in steps]
     hyps = []
     for b in range(B):
-        best, best_score = None, float("-inf")
-        for k in range(K):
-            i = b * K + k
-            if torch.isinf(scores[b, k]):
+        t_end, rows, final = ends[b]
+        best = None
+        for row, score in zip(rows, final):
+            if score == float("-inf"):
                 continue
-            n = _trim(toks[i], end_id)
-            s = float(scores[b, k]) / (n ** length_alpha if length_alpha else 1.0)
-            if best is None or s > best_score:
-                best, best_score = (i, n), s
-        i, n = best  # NOTE: beam 0 always holds a finite score, so best is set
-        lp = hist_lp[i, :n].tolist()
-        hyps.append(Hypothesis(toks[i][:n], hist_alpha[i, :n], lp, sum(lp), best_score))
+            path, r = [], row
+            for t in range(t_end, -1, -1):  # (step, row) pairs from the last step back to the first
+                path.append((t, r))
+                r = parents[t][r]
+            path.reverse()
+            seq = [toks[t][r] for t, r in path]
+            n = _trim(seq, end_id)
+            s = score / (n ** length_alpha if length_alpha else 1.0)
+            if best is None or s > best[0]:
+                best = (s, seq[:n], path[:n])
+        s, seq, path = best  # NOTE: beam 0 always holds a finite score, so best is set
+        lp = [lps[t][r] for t, r in path]
+        alphas = torch.stack([steps[t][3][r] for t, r in path])  # (T, L)
+        hyps.append(Hypothesis(seq, alphas, lp, sum(lp), s))
     return hyps
 
 

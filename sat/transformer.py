@@ -97,19 +97,22 @@ class TransformerDecoder(Decoder):
             vs.append(v)
             ws.append(w)
         alphas = torch.stack(ws, 1).mean(dim=(1, 2))  # (B, layers, H, T, L) → (B, T, L)
-        return self.out(self.drop(self.norm(x))), alphas, (torch.stack(ks, 1), torch.stack(vs, 1))
+        return self.drop(self.norm(x)), alphas, (torch.stack(ks, 1), torch.stack(vs, 1))
 
     def step(self, tokens, state, memory):
         t = state[0].size(3)
         x = self.drop(self.embed(tokens) + self.pos.weight[t]).unsqueeze(1)  # (B, 1, C)
-        logits, alphas, state = self._run(x, memory, state)
-        return logits[:, 0], alphas[:, 0], state
+        y, alphas, state = self._run(x, memory, state)
+        return self.out(y[:, 0]), alphas[:, 0], state
 
-    def forward(self, feats, inputs):
+    def forward(self, feats, inputs, mask=None):
         T = inputs.size(1)
         x = self.drop(self.embed(inputs) + self.pos.weight[:T])  # (B, T, C)
-        logits, alphas, _ = self._run(x, self.prepare(feats), None)
-        return logits, alphas, None
+        y, alphas, _ = self._run(x, self.prepare(feats), None)
+        if mask is not None:
+            y = y[mask.bool()]  # (N, C): the output layer only for real tokens
+            alphas = alphas * mask.unsqueeze(-1)
+        return self.out(y), alphas, None
 
-    def regularizer(self, alphas, sample_logp, seq_logp, mask, *, alpha_c: float):
+    def regularizer(self, alphas, sample_logp, token_logp, mask, *, alpha_c: float):
         return alphas.new_zeros(()), {}  # NOTE: no doubly stochastic term for the Transformer

@@ -99,6 +99,10 @@ def read_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConf
 def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str = "weights") -> None:
     """Copy tensors into model, naming every missing, unexpected or mis-shaped tensor on failure."""
     expected = model.state_dict()
+    # NOTE: hard-attention weights written before per-position REINFORCE baselines hold one scalar
+    # b; the module's load hook turns it into every b_t, so the shape check lets exactly that through.
+    tensors = {k: (v.expand(expected[k].shape) if k.endswith(("attention.baseline", "attention.baseline_set"))
+                   and k in expected and v.dim() == 0 else v) for k, v in tensors.items()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"

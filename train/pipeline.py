@@ -183,7 +183,9 @@ def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], c
 def _attention_line(cfg: ModelConfig) -> str:
     if cfg.attention == "hard":
         return (f"- Attention: hard (stochastic, Xu et al. §4.1): trained with REINFORCE on sampled locations "
-                f"(moving-average baseline, λ_r {cfg.hard_reinforce}, entropy bonus λ_e {cfg.hard_entropy}, "
+                f"(reward {'log p of the words from t on' if cfg.hard_reward == 'to_go' else 'log p(y) of the caption'}"
+                f" (`hard_reward: {cfg.hard_reward}`), moving-average baseline per position, λ_r {cfg.hard_reinforce} "
+                f"per token, entropy bonus λ_e {cfg.hard_entropy}, "
                 f"half the batches on the expected context); at test time the context is the "
                 f"**{cfg.hard_test_rule}** location rule (`hard_test_rule` in config.json: 'argmax' or "
                 f"'expectation'). The map shown per word is α_t.\n")

@@ -87,6 +87,29 @@ def test_batched_beam_equals_one_image_at_a_time():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("beam", [2, 3])
+def test_finished_images_leave_the_batch_and_results_stay_exact(beam):
+    """Images whose beams all ended drop out of the batch (the step sees fewer rows), and every
+    caption, score, per-token log p and attention row is still the one-image-alone result."""
+    dec = tiny_decoder(seed=5)
+    with torch.no_grad():
+        dec.out.weight.div_(4.0)  # softer outputs: beams end at varied steps
+    feats = torch.randn(12, 4, 8, generator=torch.Generator().manual_seed(0))
+    sizes = []
+    step = dec.step
+    dec.step = lambda tokens, *a: (sizes.append(tokens.size(0)), step(tokens, *a))[1]
+    together = beam_search(dec, feats, beam_size=beam, max_len=8)
+    del dec.step
+    assert sizes[0] == 12 * beam and min(sizes) < 12 * beam  # the batch shrank
+    assert len({len(h.tokens) for h in together}) > 1
+    for i in range(12):
+        alone = beam_search(dec, feats[i:i + 1], beam_size=beam, max_len=8)[0]
+        assert alone.tokens == together[i].tokens
+        assert alone.token_logprobs == pytest.approx(together[i].token_logprobs, abs=1e-5)
+        assert torch.allclose(alone.alphas, together[i].alphas, atol=1e-6)
+
+
+@torch.no_grad()
 def test_outputs_shapes_and_limits():
     dec = tiny_decoder()
     feats = torch.randn(3, 4, 8)

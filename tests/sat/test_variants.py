@@ -112,8 +112,8 @@ def test_hard_attention_reinforce_gradient_entropy_and_baseline():
             assert att.score.weight.grad is not None and att.score.weight.grad.abs().sum() > 0
         assert stats["entropy"] > 0
     assert 10 <= sum(coins) <= 30  # about half the batches use the expected context
-    # the baseline is a moving average of the reward: it ends near the recent rewards' mean
-    assert abs(float(att.baseline) - sum(rewards[-8:]) / 8) < 0.5 * abs(sum(rewards[-8:]) / 8) + 0.5
+    # b_0 is a moving average of R_0 = log p(y | s, a): it ends near the recent rewards' mean
+    assert abs(float(att.baseline[0]) - sum(rewards[-8:]) / 8) < 0.5 * abs(sum(rewards[-8:]) / 8) + 0.5
     # the entropy bonus pushes towards spread-out attention: with only the bonus, entropy rises
     att.reinforce_weight, att.entropy_weight = 0.0, 1.0
     opt = torch.optim.SGD(att.parameters(), lr=0.5)
@@ -121,7 +121,7 @@ def test_hard_attention_reinforce_gradient_entropy_and_baseline():
     before = None
     for _ in range(20):
         alphas = torch.stack([att.weights(att.prepare(feats), torch.randn(4, 12)) for _ in range(3)], 1)
-        extra, st = att.regularizer(alphas, None, torch.zeros(4), torch.ones(4, 3), alpha_c=0.0)
+        extra, st = att.regularizer(alphas, None, torch.zeros(4, 3), torch.ones(4, 3), alpha_c=0.0)
         before = st["entropy"] if before is None else before
         opt.zero_grad()
         extra.backward()
@@ -136,3 +136,34 @@ def test_config_rejects_bad_combinations():
         cfg("soft", "transformer", embed_dim=9, heads=2)
     with pytest.raises(ValueError, match="hard_test_rule"):
         cfg("hard", hard_test_rule="vote")
+
+
+def test_hard_attention_rewards_and_per_position_baselines():
+    from sat.attention import HardAttention
+    att = HardAttention(encoder_dim=4, decoder_dim=4, attention_dim=4)
+    logp = torch.tensor([[-1.0, -2.0, -3.0, -9.0], [-0.5, -0.5, -9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    to_go = att.rewards(logp, mask)
+    assert to_go.tolist() == [[-6.0, -5.0, -3.0, 0.0], [-1.0, -0.5, 0.0, 0.0]]  # pads carry no reward
+    att.reward = "sequence"
+    assert att.rewards(logp, mask)[:, 0].tolist() == to_go[:, 0].tolist() == [-6.0, -1.0]
+    att.reward = "to_go"
+    first = att._update_baseline(to_go, mask)
+    # the first batch is its own baseline (mean over the captions still running at each position)
+    assert first[:3].tolist() == [-3.5, -2.75, -3.0] and not bool(att.baseline_set[3])
+    for _ in range(60):  # a steady reward: every b_t converges to its position's mean
+        used = att._update_baseline(torch.full((2, 4), -2.0), mask)
+    assert torch.allclose(used[:3], torch.full((3,), -2.0), atol=0.01)
+    assert float(att.baseline[3]) == 0.0  # never seen a real token there: untouched
+    with pytest.raises(ValueError, match="hard_reward"):
+        cfg("hard", hard_reward="bonus")
+
+
+def test_hard_attention_loads_weights_saved_with_one_scalar_baseline():
+    from sat.attention import HardAttention
+    att = HardAttention(encoder_dim=4, decoder_dim=4, attention_dim=4)
+    old = {k: v for k, v in att.state_dict().items()}
+    old["baseline"], old["baseline_set"] = torch.tensor(-7.5), torch.tensor(True)
+    att.load_state_dict(old)
+    assert att.baseline.shape == (HardAttention.POSITIONS,) and bool((att.baseline == -7.5).all())
+    assert bool(att.baseline_set.all())
