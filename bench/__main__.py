@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard", default=None, help="hard-attention weights for the app (default: the app's own)")
     p.add_argument("--batch", type=int, default=64, help="training batch")
     p.add_argument("--vocab", type=int, default=10000, help="training vocabulary size")
-    p.add_argument("--train-steps", type=int, default=6, help="timed training steps per decoder")
+    p.add_argument("--train-steps", type=int, default=10, help="timed training steps per decoder")
     p.add_argument("--photos", type=int, default=60, help="photos for the latency figure (≥ 50)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile encoder variant")
     p.add_argument("--threads", type=int, default=0,

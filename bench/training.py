@@ -8,6 +8,7 @@ A token is a target the loss scores (every word plus <end>), so padding never co
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sat.config import ModelConfig
 from sat.model import CaptionModel
+
+from train.loop import make_optimizer
 
 from .reference import TutorialDecoder, reference_for
 
@@ -75,18 +78,30 @@ def _annotations(fmap: torch.Tensor) -> torch.Tensor:
     return fmap.flatten(2).transpose(1, 2)  # (B, L, D), as CaptionModel.annotations
 
 
-def _time_steps(step, batches, n_steps: int) -> tuple[float, int]:
-    step(*batches[0])  # warm-up (allocator, oneDNN primitive cache)
-    tokens, t0 = 0, time.perf_counter()
+def _time_steps(steps: dict, batches, n_steps: int) -> dict[str, tuple[float, int]]:
+    """Seconds and target tokens of `n_steps` training steps for each named step function.
+
+    NOTE: the step functions take turns, one step each, so a change in the machine's speed during
+    the run (other tenants, clock) lands on all of them alike instead of on whichever ran then.
+    """
+    for step in steps.values():
+        step(*batches[0])  # warm-up (allocator, oneDNN primitive cache)
+    out = {name: [0.0, 0] for name in steps}
     for i in range(n_steps):
         fmap, caps = batches[(i + 1) % len(batches)]
-        step(fmap, caps)
-        tokens += int((caps[:, 1:] != 0).sum())
-    return time.perf_counter() - t0, tokens
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(fmap, caps)
+            out[name][0] += time.perf_counter() - t0
+            out[name][1] += int((caps[:, 1:] != 0).sum())
+    return {name: (secs, tok) for name, (secs, tok) in out.items()}
 
 
-def _stepper(module: torch.nn.Module, loss_fn):
-    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+def _stepper(module: torch.nn.Module, loss_fn, *, ours: bool = False):
+    # NOTE: ours trains with our training loop's optimizer (fused Adam); the reference with the
+    # tutorial's plain torch.optim.Adam. Same update rule, same learning rate.
+    params = [{"params": list(module.parameters()), "lr": 1e-4}]
+    opt = make_optimizer(params) if ours else torch.optim.Adam(params)
 
     def step(fmap, caps):
         loss = loss_fn(fmap, caps)
@@ -119,10 +134,17 @@ def bench_train(shape: TrainShape, *, bf16: bool = True) -> dict[str, Any]:
     ours.train()
     ref.train()
     batches = make_batches(shape, 3)
-    step_ours = _stepper(ours, lambda f, c: ours.loss(f, c)[0])
-    step_ref = _stepper(ref, lambda f, c: ref.loss(_annotations(f), c))
-    secs_ours, tok_ours = _time_steps(step_ours, batches, shape.steps)
-    secs_ref, tok_ref = _time_steps(step_ref, batches, shape.steps)
+    steps = {"ours": _stepper(ours, lambda f, c: ours.loss(f, c)[0], ours=True),
+             "ref": _stepper(ref, lambda f, c: ref.loss(_annotations(f), c))}
+    if bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        ours_bf16 = copy.deepcopy(ours)  # NOTE: its own weights and optimizer: same start as ours
+
+        def bf16_loss(f, c):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return ours_bf16.loss(f, c)[0]
+        steps["bf16"] = _stepper(ours_bf16, bf16_loss, ours=True)
+    timed = _time_steps(steps, batches, shape.steps)
+    (secs_ours, tok_ours), (secs_ref, tok_ref) = timed["ours"], timed["ref"]
     res: dict[str, Any] = {
         "train_tokens_per_s": round(tok_ours / secs_ours, 1),
         "train_tokens_per_s_reference": round(tok_ref / secs_ref, 1),
@@ -136,11 +158,8 @@ def bench_train(shape: TrainShape, *, bf16: bool = True) -> dict[str, Any]:
     res["train_flops_per_token"] = round(train_flops_per_token(ours, fmap, caps))
     res["train_flops_per_token_reference"] = round(reference_flops_per_token(ref, fmap, caps))
     res["train_gflops"] = round(res["train_flops_per_token"] * res["train_tokens_per_s"] / 1e9, 2)
-    if bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        def bf16_loss(f, c):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return ours.loss(f, c)[0]
-        secs, tok = _time_steps(_stepper(ours, bf16_loss), batches, shape.steps)
+    if "bf16" in timed:
+        secs, tok = timed["bf16"]
         res["train_tokens_per_s_bf16"] = round(tok / secs, 1)
     return res
 

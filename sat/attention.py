@@ -76,7 +76,7 @@ class SoftAttention(Attention):
 
     def weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         q = self.query(query).unsqueeze(1)                # (B, 1, A)
-        e = self.score(torch.tanh(keys + q)).squeeze(-1)  # (B, L)
+        e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
         return torch.softmax(e, dim=-1)
 
     def forward(self, feats, keys, query):
@@ -159,6 +159,10 @@ class HardAttention(SoftAttention):
         mean_entropy = (entropy * mask).sum() / n
         loss = -self.entropy_weight * mean_entropy
         stats = {"entropy": float(mean_entropy.detach()), "baseline": float(self.baseline[0])}
+        if alpha_c:  # the doubly stochastic penalty on α, as for soft attention (off by default)
+            reg = doubly_stochastic(alphas, mask)
+            loss = loss + alpha_c * reg
+            stats["att_reg"] = float(reg.detach())
         if sample_logp is None:  # an expected-context batch: plain maximum likelihood
             return loss, stats
         reward = self.rewards(token_logp.detach(), mask)  # (B, T)

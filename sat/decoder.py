@@ -32,6 +32,7 @@ from torch import nn
 
 from .attention import Attention, create_attention
 from .config import ModelConfig
+from .steplinear import StepLSTMCell
 
 Memory = dict[str, torch.Tensor]
 State = tuple[torch.Tensor, ...]
@@ -83,9 +84,14 @@ class RecurrentDecoder(Decoder):
     def prepare(self, feats: torch.Tensor) -> Memory:
         return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
 
-    def _advance(self, emb: torch.Tensor, state: State, memory: Memory):
-        """One recurrence step → (new state, context (B, D), alpha (B, L), sample logp (B,) | None)."""
+    def _advance(self, emb: torch.Tensor, state: State, memory: Memory, cell=None):
+        """One recurrence step → (new state, context (B, D), alpha (B, L), sample logp (B,) | None).
+        `cell`: what `_forward_cell` returned for this forward pass (None: the module's own cell)."""
         raise NotImplementedError
+
+    def _forward_cell(self):
+        """A per-forward-pass stand-in for the recurrent cell in teacher forcing (None: the cell)."""
+        return None
 
     def _logits(self, emb: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Output layer; works on (B, ·) or (B, T, ·) alike."""
@@ -113,6 +119,7 @@ class RecurrentDecoder(Decoder):
         memory = self.prepare(feats[order])
         state = self.init_state(memory)
         emb = self.embed(inputs[order])  # (B, T, m), sorted
+        cell = self._forward_cell()
         hs, zs, alphas, logps, sizes = [], [], [], [], []
         for t in range(T):
             b = sum(n > t for n in runs) if runs[-1] <= t else B  # captions still running
@@ -121,14 +128,14 @@ class RecurrentDecoder(Decoder):
             if b < state[0].size(0):
                 state = tuple(s[:b] for s in state)
                 memory = {k: v[:b] for k, v in memory.items()}
-            state, context, alpha, logp = self._advance(emb[:b, t], state, memory)
+            state, context, alpha, logp = self._advance(emb[:b, t], state, memory, cell)
             hs.append(state[0])
             zs.append(context)
             alphas.append(alpha)
             logps.append(logp)
             sizes.append(b)
         # packed rows are time-major (step 0's b_0 rows, step 1's b_1 rows, …) in sorted order;
-        # `where` maps each to its (row, step) in the caller's (B, T) grid
+        # `flat` maps each to its (row, step) in the caller's (B, T) grid
         rows = torch.cat([order[:b] for b in sizes])  # (N,)
         steps = torch.cat([torch.full((b,), t, dtype=torch.long, device=inputs.device) for t, b in enumerate(sizes)])
         flat = rows * T + steps  # (N,) position in the (B·T) grid
@@ -174,12 +181,17 @@ class LSTMDecoder(RecurrentDecoder):
             mean = torch.zeros_like(mean)  # NOTE: keeps f_init's bias as a learned start state
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, n) each
 
-    def _advance(self, emb, state, memory):
+    def _forward_cell(self):
+        # NOTE: same math as self.cell, but ∂L/∂W_ih and ∂L/∂W_hh come from one matmul over all
+        # steps instead of one per step plus T-1 adds of the full matrices (sat/steplinear.py).
+        return StepLSTMCell(self.cell) if torch.is_grad_enabled() else None
+
+    def _advance(self, emb, state, memory, cell=None):
         h, c = state
         context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context  # β_t ẑ_t, β_t: (B, 1)
-        h, c = self.cell(torch.cat([emb, context], dim=-1), (h, c))
+        h, c = (cell or self.cell)(torch.cat([emb, context], dim=-1), (h, c))
         return (h, c), context, alpha, logp
 
     def _logits(self, emb, h, context):
@@ -205,7 +217,7 @@ class GRUDecoder(RecurrentDecoder):
         feats = memory["feats"]
         return (feats.new_zeros(feats.size(0), self.decoder_dim),)  # h_0 = 0, as the tutorial
 
-    def _advance(self, emb, state, memory):
+    def _advance(self, emb, state, memory, cell=None):
         (h,) = state
         context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
         h = self.cell(torch.cat([context, emb], dim=-1), h)

@@ -176,6 +176,13 @@ def _data_parallel_step(model: CaptionModel, maps: torch.Tensor, caps: torch.Ten
     return stats, n_local
 
 
+def make_optimizer(groups) -> torch.optim.Adam:
+    """Adam as the training loop uses it (the benchmark times the same one)."""
+    # NOTE: fused=True runs the whole update in one kernel per parameter group instead of ~10
+    # elementwise ops per tensor: ~8 % of a CPU training step otherwise (bench/training.py).
+    return torch.optim.Adam(groups, fused=True)
+
+
 def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
         device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
@@ -196,7 +203,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
     groups = [{"params": list(model.decoder.parameters()), "lr": config.lr}]
     if tail:
         groups.append({"params": tail, "lr": config.encoder_lr})
-    opt = torch.optim.Adam(groups)
+    opt = make_optimizer(groups)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.lr_factor,
                                                        patience=config.lr_patience)
     shuffle = torch.Generator().manual_seed(config.seed)  # NOTE: the same order on every rank

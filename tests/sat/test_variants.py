@@ -167,3 +167,14 @@ def test_hard_attention_loads_weights_saved_with_one_scalar_baseline():
     att.load_state_dict(old)
     assert att.baseline.shape == (HardAttention.POSITIONS,) and bool((att.baseline == -7.5).all())
     assert bool(att.baseline_set.all())
+
+
+def test_hard_attention_applies_the_doubly_stochastic_penalty_when_asked():
+    from sat.attention import HardAttention, doubly_stochastic
+    att = HardAttention(encoder_dim=4, decoder_dim=4, attention_dim=4)
+    alphas = torch.softmax(torch.randn(2, 3, 5), -1)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    off, _ = att.regularizer(alphas, None, torch.zeros(2, 3), mask, alpha_c=0.0)
+    on, stats = att.regularizer(alphas, None, torch.zeros(2, 3), mask, alpha_c=2.0)
+    assert float(on - off) == pytest.approx(2.0 * float(doubly_stochastic(alphas, mask)), rel=1e-6)
+    assert stats["att_reg"] > 0

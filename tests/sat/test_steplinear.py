@@ -1,0 +1,58 @@
+"""StepLinear / StepLSTMCell: the same values and gradients as nn.Linear / nn.LSTMCell over a
+recurrence, with the weight gradient taken in one matmul after the last step."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sat.steplinear import StepLinear, StepLSTMCell
+
+
+def _unroll(cell_fn, xs, h, c):
+    outs = []
+    for t, x in enumerate(xs):
+        b = x.size(0)  # a shrinking batch, as the decoder's packed recurrence
+        h, c = cell_fn(x, (h[:b], c[:b]))
+        outs.append(h)
+    return torch.cat(outs)
+
+
+def test_step_lstm_cell_matches_lstm_cell_values_and_gradients():
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(6, 5)
+    xs = [torch.randn(b, 6) for b in (4, 4, 3, 1)]
+    h0, c0 = torch.randn(4, 5), torch.randn(4, 5)
+    grads = []
+    for fn in (cell, StepLSTMCell(cell)):
+        cell.zero_grad()
+        x_req = [x.clone().requires_grad_() for x in xs]
+        out = _unroll(fn, x_req, h0, c0)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        grads.append(({k: p.grad.clone() for k, p in cell.named_parameters()}, [x.grad for x in x_req], out))
+    (g_ref, gx_ref, out_ref), (g, gx, out) = grads
+    assert torch.allclose(out, out_ref, atol=1e-6)
+    for k in g_ref:
+        assert torch.allclose(g[k], g_ref[k], atol=1e-5), k
+    for a, b in zip(gx, gx_ref):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_weight_gradient_arrives_once_after_the_last_step():
+    lin = nn.Linear(3, 2)
+    calls = []
+    lin.weight.register_hook(lambda g: calls.append(g.clone()))
+    step = StepLinear(lin.weight, lin.bias)
+    y = sum(step(torch.ones(2, 3) * t).sum() for t in range(1, 4))
+    y.backward()
+    assert len(calls) == 1  # one weight gradient for the three steps, not three
+    assert torch.allclose(lin.weight.grad, torch.full((2, 3), 2.0 * (1 + 2 + 3)))
+    assert torch.allclose(lin.bias.grad, torch.full((2,), 6.0))
+
+
+def test_falls_back_to_a_plain_linear_without_grad_or_under_autocast():
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        assert StepLinear(lin.weight, lin.bias).token is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step = StepLinear(lin.weight, lin.bias)
+        assert step.token is None and step(torch.ones(1, 3)).dtype == torch.bfloat16
