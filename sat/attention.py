@@ -74,9 +74,20 @@ class SoftAttention(Attention):
     def prepare(self, feats):
         return self.key(feats)  # (B, L, A)
 
+    CHUNK_ELEMENTS = 1 << 18
+    """Inference computes tanh(W_a a + W_h h) for this many (row, location, unit) elements at a time."""
+
     def weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         q = self.query(query).unsqueeze(1)                # (B, 1, A)
-        e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
+        B, L, A = keys.shape
+        rows = max(1, self.CHUNK_ELEMENTS // max(1, L * A))
+        if torch.is_grad_enabled() or B <= rows:
+            e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
+        else:
+            # NOTE: search runs B = images × beams rows: a (B, L, A) intermediate of tens of MB goes
+            # through memory three times per step; chunks of ~1 MB stay in cache (2–4× faster here).
+            e = torch.cat([self.score((keys[i:i + rows] + q[i:i + rows]).tanh_()).squeeze(-1)
+                           for i in range(0, B, rows)])  # (B, L)
         return torch.softmax(e, dim=-1)
 
     def forward(self, feats, keys, query):

@@ -22,19 +22,9 @@ from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
 from train.loop import TrainConfig
 from train.metrics import CaptionScorer
-from train.pipeline import (REPO, TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
+from train.pipeline import (REPO, TRAIN_CONFIG_FILE, VARIANTS, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
                             prepare, ship, split_rows)
 
-VARIANTS: dict[str, dict] = {
-    "soft": {"attention": "soft", "decoder": "lstm"},
-    "hard": {"attention": "hard", "decoder": "lstm"},
-    "dot": {"attention": "dot", "decoder": "lstm"},
-    "uniform": {"attention": "uniform", "decoder": "lstm"},
-    "gru": {"attention": "soft", "decoder": "gru"},
-    # NOTE: the Transformer gets the usual Transformer dropout; 0.5 (the LSTM's) starves it.
-    "transformer": {"attention": "soft", "decoder": "transformer", "dropout": 0.1},
-    "blind": {"attention": "soft", "decoder": "lstm", "blind": True},
-}
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
 

@@ -178,3 +178,15 @@ def test_hard_attention_applies_the_doubly_stochastic_penalty_when_asked():
     on, stats = att.regularizer(alphas, None, torch.zeros(2, 3), mask, alpha_c=2.0)
     assert float(on - off) == pytest.approx(2.0 * float(doubly_stochastic(alphas, mask)), rel=1e-6)
     assert stats["att_reg"] > 0
+
+
+@torch.no_grad()
+def test_soft_attention_in_chunks_equals_one_piece():
+    from sat.attention import SoftAttention
+    torch.manual_seed(0)
+    att = SoftAttention(encoder_dim=6, decoder_dim=5, attention_dim=4)
+    feats, query = torch.randn(23, 7, 6), torch.randn(23, 5)
+    keys = att.prepare(feats)
+    whole = att.weights(keys, query)
+    att.CHUNK_ELEMENTS = 3 * 7 * 4  # 3 rows per chunk: 8 chunks, the last one short
+    assert torch.allclose(att.weights(keys, query), whole, atol=1e-6)
