@@ -54,6 +54,17 @@ def wait_until_serving(proc, url: str, *, timeout: float, describe_exit=lambda: 
         time.sleep(0.3)
 
 
+def stop_serving(proc) -> None:
+    """Stop an app process started for a test or benchmark: terminate, then kill after 10 s."""
+    import subprocess
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def weights_spec(name: str, flag: str | None) -> str:
     """--soft/--hard, else SAT_WEIGHTS_SOFT/HARD, else the bundled folder."""
     return flag or os.environ.get(f"SAT_WEIGHTS_{name.upper()}") or str(DEFAULTS[name])

@@ -103,7 +103,7 @@ def app_peak_rss(*, soft: str | None, hard: str | None, image: Path, start_timeo
     """Start `python app.py`, caption `image` once through gradio_client, read the app's VmHWM."""
     from gradio_client import Client, handle_file
 
-    from app import free_port, wait_until_serving
+    from app import free_port, stop_serving, wait_until_serving
 
     port = free_port()
     args = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
@@ -124,12 +124,7 @@ def app_peak_rss(*, soft: str | None, hard: str | None, image: Path, start_timeo
         request_s = time.perf_counter() - t1
         peak = vm_hwm_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serving(proc)
     return {"peak_rss_mb_app": None if peak is None else round(peak, 1),
             "app_rss_mb_after_start": None if idle is None else round(idle, 1),
             "app_start_s": round(start_s, 1), "app_caption_request_s": round(request_s, 2),

@@ -159,7 +159,7 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, *, beam_size: int, max_le
         state = _select(state, origin)
         finished = finished[origin] | (tokens == end_id)
         parent = origin if remap is None else remap[origin]
-        steps.append((tokens.cpu(), parent.cpu(), logp[origin, tokens].cpu(), alpha[origin].float().cpu()))
+        steps.append((tokens, parent, logp[origin, tokens], alpha[origin].float()))  # read back once, at the end
         done = (finished | torch.isinf(scores).view(-1)).view(A, K).all(dim=1)  # (A,)
         done_list = done.tolist()
         for a in [a for a, d in enumerate(done_list) if d and images[a] not in ends]:
@@ -201,7 +201,7 @@ def _read_back(steps, ends, B: int, *, end_id: int, length_alpha: float) -> list
                 best = (s, seq[:n], path[:n])
         s, seq, path = best  # NOTE: beam 0 always holds a finite score, so best is set
         lp = [lps[t][r] for t, r in path]
-        alphas = torch.stack([steps[t][3][r] for t, r in path])  # (T, L)
+        alphas = torch.stack([steps[t][3][r] for t, r in path]).cpu()  # (T, L)
         hyps.append(Hypothesis(seq, alphas, lp, sum(lp), s))
     return hyps
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from app import free_port, wait_until_serving
+from app import free_port, stop_serving, wait_until_serving
 
 if TYPE_CHECKING:  # pragma: no cover
     from playwright.sync_api import Page
@@ -47,12 +47,7 @@ def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None 
                            describe_exit=lambda: f"; log: {log.read_text()}" if log else "")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serving(proc)
         if log:
             out.close()
 
