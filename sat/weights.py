@@ -96,14 +96,25 @@ def read_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConf
     return tensors, config, vocab, metrics
 
 
-def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str = "weights") -> None:
-    """Copy tensors into model, naming every missing, unexpected or mis-shaped tensor on failure."""
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str = "weights",
+              partial: bool = False) -> list[str]:
+    """Copy tensors into model, naming every missing, unexpected or mis-shaped tensor on failure.
+
+    partial=True (a warm start from another variant's weights): tensors the file lacks may be
+    *buffers* only (e.g. hard attention's REINFORCE baselines when starting from soft attention);
+    they keep the model's values. Returns the names so kept.
+    """
     expected = model.state_dict()
     # NOTE: hard-attention weights written before per-position REINFORCE baselines hold one scalar
     # b; the module's load hook turns it into every b_t, so the shape check lets exactly that through.
     tensors = {k: (v.expand(expected[k].shape) if k.endswith(("attention.baseline", "attention.baseline_set"))
                    and k in expected and v.dim() == 0 else v) for k, v in tensors.items()}
     missing = sorted(set(expected) - set(tensors))
+    kept: list[str] = []
+    if partial:
+        params = {k for k, _ in model.named_parameters()}
+        kept = [k for k in missing if k not in params]
+        missing = [k for k in missing if k in params]
     unexpected = sorted(set(tensors) - set(expected))
     mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
@@ -116,4 +127,5 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str
         problems.append("shape mismatches: " + "; ".join(mismatched[:10]))
     if problems:
         raise WeightsError(f"{source} does not fit the model its config describes — " + " | ".join(problems))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=not partial)
+    return kept

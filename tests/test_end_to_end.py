@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sat.__main__ import main as sat_main
 from train.__main__ import main as train_main
@@ -60,3 +61,45 @@ def test_wrong_data_root_is_a_clear_error(tmp_path, capsys):
     code = train_main(["evaluate", "--weights", str(tmp_path / "w"), "--dataset", "karpathy",
                        "--data-root", str(tmp_path / "nothing-here")])
     assert code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_init_from_starts_hard_attention_from_the_soft_weights(trained, capsys):
+    from safetensors.torch import load_file
+    tmp, common = trained
+    small = ["--encoder", "test-tiny", "--image-size", "128", "--embed-dim", "16", "--attention-dim", "16",
+             "--decoder-dim", "32", "--batch-size", "16", "--epochs", "1", "--max-steps", "1", "--beam-size", "1", *common]
+
+    def fit(out, *extra):
+        return train_main(["fit", "--out", str(tmp / out), "--run-dir", str(tmp / f"run-{out}"),
+                           "--attention", "hard", *small, *extra])
+
+    assert fit("warm", "--init-from", str(tmp / "weights"), "--lr", "1e-9") == 0
+    assert fit("cold", "--lr", "1e-9") == 0
+    soft = load_file(str(tmp / "weights" / "model.safetensors"))
+    warm = load_file(str(tmp / "warm" / "model.safetensors"))
+    cold = load_file(str(tmp / "cold" / "model.safetensors"))
+    shared = [k for k in soft if "baseline" not in k]
+    assert set(warm) - set(soft) == {"decoder.attention.baseline", "decoder.attention.baseline_set"}
+    for k in shared:  # one step at lr 1e-9 leaves the soft model's values (stored in float16)
+        assert torch.allclose(warm[k].float(), soft[k].float(), atol=1e-3), k
+    assert max((cold[k].float() - soft[k].float()).abs().max() for k in shared) > 0.05
+    assert json.loads((tmp / "warm" / "train_config.json").read_text())["init_from"] == str(tmp / "weights")
+    assert "Initialised from the weights in" in (tmp / "warm" / "README.md").read_text()
+    assert "initialised from" in capsys.readouterr().out
+
+
+def test_init_from_refuses_what_does_not_fit(trained, capsys):
+    tmp, common = trained
+    small = ["--encoder", "test-tiny", "--image-size", "128", "--embed-dim", "16", "--attention-dim", "16",
+             "--decoder-dim", "32", "--batch-size", "16", "--epochs", "1", "--max-steps", "1", *common]
+    fit = ["fit", "--out", str(tmp / "bad"), "--run-dir", str(tmp / "run-bad"), "--init-from", str(tmp / "weights")]
+    capsys.readouterr()
+    assert train_main([*fit, "--attention", "dot", *small]) == 2  # other attention tensors
+    assert "decoder.attention.score" in capsys.readouterr().err
+    assert train_main([*fit, *small, "--decoder-dim", "24"]) == 2  # other shapes
+    assert "shape mismatches" in capsys.readouterr().err
+    assert train_main([*fit, *small, "--min-freq", "3"]) == 2  # another vocabulary
+    assert "vocabulary" in capsys.readouterr().err
+    assert train_main(["fit", "--out", str(tmp / "bad"), "--init-from", str(tmp / "nowhere"), *small]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp / "bad").exists()  # nothing written

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp_p.add_argument("--only", nargs="+", default=None, help="a subset of the variants")
     cmp_p.add_argument("--out-dir", type=Path, default=None, help="where results.md/json go (default assets/)")
     _add_dataclass_flags(cmp_p, ModelConfig, DEFAULT_MODEL, skip=DERIVED | {"attention", "decoder", "blind"})
-    _add_dataclass_flags(cmp_p, TrainConfig, DEFAULT_TRAIN)
+    _add_dataclass_flags(cmp_p, TrainConfig, DEFAULT_TRAIN, skip={"init_from"})
 
     sc = sub.add_parser("scenes", help="only generate the scenes dataset")
     for p in (fit_p, ev, cmp_p, sc):

@@ -22,8 +22,8 @@ from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
 from train.loop import TrainConfig
 from train.metrics import CaptionScorer
-from train.pipeline import (REPO, TRAIN_CONFIG_FILE, VARIANTS, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
-                            prepare, ship, split_rows)
+from train.pipeline import (REPO, TRAIN_CONFIG_FILE, VARIANTS, WARM_STARTS, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
+                            prepare, ship, split_rows, variant_train_config)
 
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
@@ -64,7 +64,12 @@ def _reuse(folders: list[Path], cfg: ModelConfig, tc: TrainConfig) -> Trained | 
             saved_tc = json.loads((folder / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
         except (ValueError, OSError):
             continue
-        if saved_cfg == cfg and saved_tc == asdict(tc) and "bleu4" in metrics:
+        # NOTE: a warm start matches on having one, not on the path it was recorded with (the
+        # source folder is the matching variant of the same settings either way); older folders
+        # lack newer TrainConfig fields, which then hold their defaults.
+        saved_tc = {**asdict(TrainConfig()), **saved_tc}
+        same = {k: v for k, v in saved_tc.items() if k != "init_from"} == {k: v for k, v in asdict(tc).items() if k != "init_from"}
+        if saved_cfg == cfg and same and bool(saved_tc["init_from"]) == bool(tc.init_from) and "bleu4" in metrics:
             break
     else:
         return None
@@ -85,29 +90,54 @@ def run_compare(base: ModelConfig, tc: TrainConfig, dc: DataConfig, *, beam_size
     unknown = sorted(set(names) - set(VARIANTS) - {"word_frequency"})
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}, word_frequency")
-    results = []
+    results, done = [], {}
     with CaptionScorer() as scorer:
         for name in names:
             results.append(_row(name, prep, base, tc, runs=runs, beam_size=beam_size, device=dev,
-                                progress=progress, command=command, scorer=scorer))
+                                progress=progress, command=command, scorer=scorer, done=done))
     write_results(results, out_dir, command=command, tc=tc, base=base)
     return results
 
 
-def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, runs: Path, beam_size: int,
-         device: torch.device, progress: bool, command: str, scorer: CaptionScorer) -> dict:
+def _trained(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, runs: Path, beam_size: int,
+             device: torch.device, progress: bool, command: str, scorer: CaptionScorer,
+             done: dict[str, tuple[Trained, Path]]) -> tuple[Trained, Path]:
+    """Train (or reuse) one variant → (its model and metrics, its weights folder); a warm-started
+    variant first gets its source variant the same way."""
+    if name in done:
+        return done[name]
+    source = None
+    if name in WARM_STARTS:
+        source = _trained(WARM_STARTS[name][0], prep, base, tc, runs=runs, beam_size=beam_size, device=device,
+                          progress=progress, command=command, scorer=scorer, done=done)[1]
+    cfg = complete_config(base.replace(**VARIANTS[name]), prep.vocab, prep.cache)
+    vtc = variant_train_config(name, tc, source=source)
+    folder = runs / name / "weights"
+    for candidate in (folder, REPO / "assets" / "weights" / name):
+        t = _reuse([candidate], cfg, vtc)
+        if t is not None:
+            folder = candidate
+            break
+    else:
+        t = fit_and_evaluate(prep, cfg, vtc, run_dir=runs / name, beam_size=beam_size, device=device,
+                             progress=progress, scorer=scorer)
+        ship(folder, t, prep, command=command)
+    done[name] = (t, folder)
+    return done[name]
+
+
+def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, done: dict, **kw) -> dict:
     """Train (or reuse) and evaluate one variant → its results row."""
     if name == "word_frequency":
-        row = word_frequency_row(prep, scorer)
+        row = word_frequency_row(prep, kw["scorer"])
     else:
-        cfg = complete_config(base.replace(**VARIANTS[name]), prep.vocab, prep.cache)
-        folder = runs / name / "weights"
-        t = _reuse([folder, REPO / "assets" / "weights" / name], cfg, tc)
-        if t is None:
-            t = fit_and_evaluate(prep, cfg, tc, run_dir=runs / name, beam_size=beam_size, device=device,
-                                 progress=progress, scorer=scorer)
-            ship(folder, t, prep, command=command)
+        t, _ = _trained(name, prep, base, tc, done=done, **kw)
         row = {k: v for k, v in t.metrics.items() if k not in ("blind", "total_seconds")}
+        if name in WARM_STARTS:  # NOTE: its budget includes the source's training
+            src = WARM_STARTS[name][0]
+            row["init_from"] = src
+            row["own_train_seconds"] = row.get("train_seconds", 0.0)
+            row["train_seconds"] = round(row["own_train_seconds"] + done[src][0].metrics.get("train_seconds", 0.0), 1)
     row = {"name": name, **row}
     print(f"[{name}]")
     write_metrics(row, None)
@@ -118,6 +148,17 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _warm_note(results: list[dict], tc: TrainConfig) -> str:
+    notes = []
+    for r in results:
+        if r.get("init_from"):
+            vtc = variant_train_config(r["name"], tc, source=Path("."))
+            notes.append(f" The {r['name']} row starts from the {r['init_from']} row's weights and trains "
+                         f"{vtc.epochs} epochs max at lr {vtc.lr:g}; its train s adds both "
+                         f"({r['own_train_seconds']:.0f} s its own).")
+    return "".join(notes)
+
+
 def write_results(results: list[dict], out_dir: Path, *, command: str, tc: TrainConfig, base: ModelConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -125,7 +166,8 @@ def write_results(results: list[dict], out_dir: Path, *, command: str, tc: Train
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         g = r.get("grounding", {})
-        cells = [r["name"], *(_fmt(r[c]) for c in COLUMNS), _fmt(g.get("pointing", "–")),
+        name = r["name"] + (f" (from {r['init_from']})" if r.get("init_from") else "")
+        cells = [name, *(_fmt(r[c]) for c in COLUMNS), _fmt(g.get("pointing", "–")),
                  _fmt(g.get("chance_pointing", "–")), f"{r.get('params', 0) / 1e6:.2f} M", f"{r.get('train_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     beam = next((r["beam_size"] for r in results if r.get("beam_size")), "–")
@@ -133,6 +175,6 @@ def write_results(results: list[dict], out_dir: Path, *, command: str, tc: Train
             f"{tc.epochs} epochs max (early stopping on validation BLEU-4), batch {tc.batch_size}, "
             f"embed {base.embed_dim} / attention {base.attention_dim} / hidden {base.decoder_dim}. "
             f"Pointing: share of generated object words whose attention peak lies on the object "
-            f"(chance: a uniform map).\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
+            f"(chance: a uniform map).{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     print(text)

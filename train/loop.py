@@ -56,6 +56,10 @@ class TrainConfig:
     captions_per_image: int = 0
     """Captions drawn per image each epoch (0 = every caption every epoch). NOTE: 1 makes an epoch
     five times shorter on 5-caption data while every caption is still seen across epochs."""
+    init_from: str = ""
+    """Weights folder whose tensors start the training instead of a random initialisation (fine-tuning;
+    the default run starts hard attention from the soft model). Same vocabulary and tensor shapes
+    required; only buffers the folder lacks (hard attention's baselines) keep their initial value."""
     bf16: bool = False
     """bfloat16 autocast of the forward pass (weights, gradients, Adam and the loss sum stay float32).
     On CUDA the matmuls run on bf16 tensor cores; on CPU oneDNN runs them in bf16 where the CPU has

@@ -35,8 +35,15 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
             assert ("grounding" in r) == (r["name"] != "word_frequency")
         params = {r["name"]: r["params"] for r in rows}
         assert params["uniform"] < params["soft"] and params["word_frequency"] == 0
+        by = {r["name"]: r for r in rows}
+        # hard attention starts from the soft row's weights; its budget counts both trainings
+        assert by["hard"]["init_from"] == "soft" and "init_from" not in by["soft"]
+        assert by["hard"]["train_seconds"] == pytest.approx(by["hard"]["own_train_seconds"] + by["soft"]["train_seconds"], abs=0.11)
+        hard_tc = json.loads((runs / "hard" / "weights" / "train_config.json").read_text())
+        assert hard_tc["init_from"].endswith("soft/weights") and hard_tc["epochs"] == 1
         table = (tmp_path / "out" / "results.md").read_text()
-        assert all(f"| {name} |" in table for name in params)
+        assert all(f"| {name} |" in table for name in params if name != "hard")
+        assert "| hard (from soft) |" in table and "starts from the soft row's weights" in table
         capsys.readouterr()
         assert train_main(args) == 0  # second run: nothing retrained
         out = capsys.readouterr().out
