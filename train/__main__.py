@@ -1,7 +1,7 @@
 """`python -m train [fit|evaluate|scenes] ...` — with no subcommand: the default run.
 
-The default run generates (or reuses) the scenes dataset, extracts features, trains the soft- and
-hard-attention LSTMs and the blind baseline, evaluates them on the test split with beam 3 and
+The default run generates (or reuses) the scenes dataset, extracts features, trains the soft-attention
+LSTM, then the hard-attention LSTM starting from it (`--init-from`), and the blind baseline, evaluates them on the test split with beam 3 and
 writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + JSON + model card).
 
 `torchrun --nproc_per_node=N -m train fit ...` trains data-parallel (train/distributed.py);
