@@ -33,8 +33,16 @@ from torch import nn
 Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
+def _float32(t: torch.Tensor):
+    """No autocast inside: the per-step attention runs in float32 even under bf16 autocast.
+    NOTE: on CPU, bf16 tanh is ~4× slower than float32, and autocast would cast the (B, L, D)
+    annotation vectors to bf16 again at every step for a matmul of a few MFLOPs."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _weighted(alpha: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    return torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, 1, L) @ (B, L, D) → (B, D)
+    with _float32(feats):
+        return torch.bmm(alpha.float().unsqueeze(1), feats.float()).squeeze(1)  # (B, 1, L) @ (B, L, D) → (B, D)
 
 
 def doubly_stochastic(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,23 +80,24 @@ class SoftAttention(Attention):
         self.score = nn.Linear(attention_dim, 1)                        # w
 
     def prepare(self, feats):
-        return self.key(feats)  # (B, L, A)
+        return self.key(feats).float()  # (B, L, A); the one big matmul may run in bf16, the rest float32
 
     CHUNK_ELEMENTS = 1 << 18
     """Inference computes tanh(W_a a + W_h h) for this many (row, location, unit) elements at a time."""
 
     def weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        q = self.query(query).unsqueeze(1)                # (B, 1, A)
+        q = self.query(query).float().unsqueeze(1)        # (B, 1, A)
         B, L, A = keys.shape
         rows = max(1, self.CHUNK_ELEMENTS // max(1, L * A))
-        if torch.is_grad_enabled() or B <= rows:
-            e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
-        else:
-            # NOTE: search runs B = images × beams rows: a (B, L, A) intermediate of tens of MB goes
-            # through memory three times per step; chunks of ~1 MB stay in cache (2–4× faster here).
-            e = torch.cat([self.score((keys[i:i + rows] + q[i:i + rows]).tanh_()).squeeze(-1)
-                           for i in range(0, B, rows)])  # (B, L)
-        return torch.softmax(e, dim=-1)
+        with _float32(keys):
+            if torch.is_grad_enabled() or B <= rows:
+                e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
+            else:
+                # NOTE: search runs B = images × beams rows: a (B, L, A) intermediate of tens of MB goes
+                # through memory three times per step; chunks of ~1 MB stay in cache (2–4× faster here).
+                e = torch.cat([self.score((keys[i:i + rows] + q[i:i + rows]).tanh_()).squeeze(-1)
+                               for i in range(0, B, rows)])  # (B, L)
+            return torch.softmax(e, dim=-1)
 
     def forward(self, feats, keys, query):
         alpha = self.weights(keys, query)

@@ -118,7 +118,9 @@ class RecurrentDecoder(Decoder):
         runs = lengths[order].tolist()
         memory = self.prepare(feats[order])
         state = self.init_state(memory)
-        emb = self.embed(inputs[order])  # (B, T, m), sorted
+        emb_rows = self.embed(inputs)  # (B, T, m)
+        emb = emb_rows[order]  # (B, T, m), sorted; NOTE: one lookup serves both uses: the embedding's
+        # backward zero-fills a (V, m) gradient per call, as large as the output layer's weight
         cell = self._forward_cell()
         hs, zs, alphas, logps, sizes = [], [], [], [], []
         for t in range(T):
@@ -149,7 +151,7 @@ class RecurrentDecoder(Decoder):
         perm = torch.argsort(flat)  # (N,): row-major order of the packed rows
         h = torch.cat(hs)[perm]  # (N, n)
         z = torch.cat(zs)[perm]  # (N, D)
-        e = self.embed(inputs[mask])  # (N, m), already row-major
+        e = emb_rows[mask]  # (N, m), already row-major
         logits = self._logits(e, h, z)  # (N, V)
         if full:
             logits = logits.view(B, T, -1)

@@ -13,11 +13,11 @@ The training loop sees only `loss(...)`, so it works with any decoder the regist
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .decoder import create_decoder
+from .xent import token_nll
 
 
 class CaptionModel(nn.Module):
@@ -60,7 +60,7 @@ class CaptionModel(nn.Module):
         # NOTE: float32 whatever the logits' dtype: under bf16 autocast a bf16 token count is
         # inexact above 256, and the loss is summed in float32.
         nll = logits.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(
-            mask, F.cross_entropy(logits.float(), targets[mask], reduction="none"))  # (B, T), 0 at pads
+            mask, token_nll(logits, targets[mask]))  # (B, T), 0 at pads; sat/xent.py
         mask = mask.float()
         denom = mask.sum().clamp_min(1.0) if n_tokens is None else max(float(n_tokens), 1.0)
         xent = nll.sum() / denom

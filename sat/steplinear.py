@@ -12,7 +12,10 @@ rows gives the same sum:
 How autograd is made to call it last: the weights enter the graph through `_Collect`, whose output
 is a 0-dim *token* that every step takes as an input. The engine runs a node's backward only once
 all its consumers are done, so `_Collect.backward` runs after the last step's, and returns ∂L/∂W.
-`StepLinear` falls back to plain `F.linear` when no gradient is needed or under autocast.
+Under autocast (bf16) the weight is cast once per forward pass instead of once per step, the steps'
+matmuls run in the autocast dtype, and ∂L/∂W is one autocast-dtype matmul returned in the weight's
+dtype (float32), as autocast's own linear does. `StepLinear` falls back to plain `F.linear` when no
+gradient is needed.
 """
 from __future__ import annotations
 
@@ -29,14 +32,19 @@ class StepLinear:
         self.weight, self.bias = weight, bias
         self.xs: list[torch.Tensor] = []
         self.gys: list[torch.Tensor] = []
-        deferred = (torch.is_grad_enabled() and weight.requires_grad
-                    and not torch.is_autocast_enabled(weight.device.type))
+        device = weight.device.type
+        self.dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        # NOTE: the steps' copies of W and b, cast once here (autocast would cast them at every step)
+        self.w = weight.detach().to(self.dtype)
+        self.b = None if bias is None else bias.detach().to(self.dtype)
+        deferred = torch.is_grad_enabled() and weight.requires_grad
         self.token = _Collect.apply(weight, bias, self) if deferred else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.token is None:
             return F.linear(x, self.weight, self.bias)
-        return _Step.apply(x, self.token, self)
+        with torch.autocast(self.weight.device.type, enabled=False):  # NOTE: dtypes handled in _Step
+            return _Step.apply(x, self.token, self)
 
 
 class _Collect(Function):
@@ -48,27 +56,29 @@ class _Collect(Function):
     @staticmethod
     def backward(ctx, _token_grad):
         o = ctx.owner
-        gy, x = torch.cat(o.gys), torch.cat(o.xs)  # (N, out), (N, in)
+        gy, x = torch.cat(o.gys), torch.cat(o.xs)  # (N, out), (N, in), in the steps' dtype
         o.gys.clear()
         o.xs.clear()
-        return gy.t() @ x, (gy.sum(0) if ctx.has_bias else None), None  # (out, in), (out,)
+        gw = (gy.t() @ x).to(o.weight.dtype)  # (out, in)
+        return gw, (gy.sum(0, dtype=o.weight.dtype) if ctx.has_bias else None), None  # (out,)
 
 
 class _Step(Function):
     @staticmethod
     def forward(ctx, x, token, owner: StepLinear):
-        ctx.owner = owner
+        ctx.owner, ctx.x_dtype = owner, x.dtype
+        x = x.to(owner.dtype)
         ctx.save_for_backward(x)
-        b = None if owner.bias is None else owner.bias.detach()
-        return F.linear(x, owner.weight.detach(), b)
+        return F.linear(x, owner.w, owner.b)
 
     @staticmethod
     def backward(ctx, gy):
         (x,) = ctx.saved_tensors
         o = ctx.owner
+        gy = gy.to(o.dtype)
         o.xs.append(x)
         o.gys.append(gy)
-        dx = gy @ o.weight.detach() if ctx.needs_input_grad[0] else None
+        dx = (gy @ o.w).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return dx, gy.new_zeros(()), None
 
 
@@ -81,6 +91,7 @@ class StepLSTMCell:
 
     def __call__(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         h, c = state
-        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, dim=1)  # (B, n) each
+        # NOTE: .float(): under bf16 autocast the matmuls run in bf16, the gates and the cell state in float32
+        i, f, g, o = (self.ih(x).float() + self.hh(h).float()).chunk(4, dim=1)  # (B, n) each
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c

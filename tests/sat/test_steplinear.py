@@ -49,10 +49,32 @@ def test_weight_gradient_arrives_once_after_the_last_step():
     assert torch.allclose(lin.bias.grad, torch.full((2,), 6.0))
 
 
-def test_falls_back_to_a_plain_linear_without_grad_or_under_autocast():
+def test_falls_back_to_a_plain_linear_without_grad():
     lin = nn.Linear(3, 2)
     with torch.no_grad():
         assert StepLinear(lin.weight, lin.bias).token is None
+
+
+def test_under_bf16_autocast_matches_nn_lstm_cell_and_casts_the_weights_once():
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(6, 5)
+    xs = [torch.randn(b, 6) for b in (4, 4, 3, 1)]
+    h0, c0 = torch.randn(4, 5), torch.randn(4, 5)
+    grads = []
+    for make in (lambda: cell, lambda: StepLSTMCell(cell)):
+        cell.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn = make()
+            out = _unroll(fn, xs, h0, c0)
+        (out.float() * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        grads.append(({k: p.grad.clone() for k, p in cell.named_parameters()}, out.float()))
+    (g_ref, out_ref), (g, out) = grads
+    assert torch.allclose(out, out_ref, atol=3e-2)  # bf16 matmuls both ways
+    for k in g_ref:
+        assert g[k].dtype == torch.float32
+        assert torch.allclose(g[k], g_ref[k], atol=5e-2, rtol=5e-2), k
+    assert (g["weight_ih"] - g_ref["weight_ih"]).abs().max() < 0.1 * g_ref["weight_ih"].abs().max()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        step = StepLinear(lin.weight, lin.bias)
-        assert step.token is None and step(torch.ones(1, 3)).dtype == torch.bfloat16
+        step = StepLinear(cell.weight_ih, cell.bias_ih)
+        assert step.token is not None and step.w.dtype == torch.bfloat16
+        assert step(torch.ones(1, 6)).dtype == torch.bfloat16
