@@ -206,3 +206,15 @@ def test_train_fit_pushes_after_writing_weights(tmp_path, monkeypatch):
     order.clear()
     assert cli.main(["fit", "--out", str(out), "--push-to-hub", "not a repo"]) == 2
     assert order == []  # refused before training
+
+
+def test_init_from_takes_a_hub_spec(hf_cache, tmp_path):
+    code = ("import sys; from train.pipeline import resolve_init; "
+            "print(resolve_init(sys.argv[1])); print(resolve_init(sys.argv[2]))")
+    env = {**os.environ, "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code, "hf://owner/sat-soft@v1", str(tmp_path / "w0")], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    hub, local = out.stdout.split()
+    assert Path(hub).name == V1 and (Path(hub) / "model.safetensors").is_file()
+    assert Path(local) == tmp_path / "w0"

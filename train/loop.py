@@ -57,7 +57,7 @@ class TrainConfig:
     """Captions drawn per image each epoch (0 = every caption every epoch). NOTE: 1 makes an epoch
     five times shorter on 5-caption data while every caption is still seen across epochs."""
     init_from: str = ""
-    """Weights folder whose tensors start the training instead of a random initialisation (fine-tuning;
+    """Weights folder (or hf://owner/repo[@revision]) whose tensors start the training instead of a random initialisation (fine-tuning;
     the default run starts hard attention from the soft model). Same vocabulary and tensor shapes
     required; only buffers the folder lacks (hard attention's baselines) keep their initial value."""
     bf16: bool = False

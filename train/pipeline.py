@@ -163,7 +163,11 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
 
 
 def resolve_init(path: str) -> Path:
-    """An --init-from folder: as given, else relative to the repository (how the default run records it)."""
+    """An --init-from spec: a Hub spec (hf://owner/repo[@revision], see sat/hub.py), a folder as given,
+    else relative to the repository (how the default run records it)."""
+    from sat.hub import is_hub_spec, resolve_weights
+    if is_hub_spec(path):
+        return resolve_weights(path)
     p = Path(path)
     return p if p.is_absolute() or p.exists() or not (REPO / p).exists() else REPO / p
 
