@@ -23,7 +23,7 @@ from train.evaluate import write_metrics
 from train.loop import TrainConfig
 from train.metrics import CaptionScorer
 from train.pipeline import (REPO, TRAIN_CONFIG_FILE, VARIANTS, WARM_STARTS, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
-                            prepare, ship, split_rows, variant_train_config)
+                            prepare, ship, split_rows, variant_train_config, warm_schedule)
 
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
@@ -152,9 +152,9 @@ def _warm_note(results: list[dict], tc: TrainConfig) -> str:
     notes = []
     for r in results:
         if r.get("init_from"):
-            vtc = variant_train_config(r["name"], tc, source=Path("."))
+            epochs, lr = warm_schedule(r["name"], tc)
             notes.append(f" The {r['name']} row starts from the {r['init_from']} row's weights and trains "
-                         f"{vtc.epochs} epochs max at lr {vtc.lr:g}; its train s adds both "
+                         f"{epochs} epochs max at lr {lr:g}; its train s adds both "
                          f"({r['own_train_seconds']:.0f} s its own).")
     return "".join(notes)
 
