@@ -209,7 +209,7 @@ def test_train_fit_pushes_after_writing_weights(tmp_path, monkeypatch):
 
 
 def test_init_from_takes_a_hub_spec(hf_cache, tmp_path):
-    code = ("import sys; from train.pipeline import resolve_init; "
+    code = ("import sys; from train.variants import resolve_init; "
             "print(resolve_init(sys.argv[1])); print(resolve_init(sys.argv[2]))")
     env = {**os.environ, "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code, "hf://owner/sat-soft@v1", str(tmp_path / "w0")], cwd=REPO,

@@ -29,7 +29,7 @@ DEFAULT_MODEL = ModelConfig(feature_map="stride16", embed_dim=256, attention_dim
                             dropout=0.5)
 # NOTE: 10 epochs since training skips padding (≈ 30–38 s per epoch on 2 cores, was ≈ 48 s): the soft
 # model's validation BLEU-4 still rises at epochs 8–9. The hard model trains 4 more epochs from the soft
-# one (WARM_STARTS in train/pipeline.py); from scratch it reached test BLEU-4 0.404 at 6, 0.438 at 10.
+# one (WARM_STARTS in train/variants.py); from scratch it reached test BLEU-4 0.404 at 6, 0.438 at 10.
 DEFAULT_TRAIN = TrainConfig(epochs=10, batch_size=64, lr=1e-3, alpha_c=0.0, early_stop=3, lr_patience=1,
                             captions_per_image=2)
 BLIND_EPOCHS = 2

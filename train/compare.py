@@ -22,8 +22,9 @@ from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
 from train.loop import TrainConfig
 from train.metrics import CaptionScorer
-from train.pipeline import (REPO, TRAIN_CONFIG_FILE, VARIANTS, WARM_STARTS, DataConfig, Prepared, Trained, complete_config, device_from, fit_and_evaluate,
-                            prepare, ship, split_rows, variant_train_config, warm_schedule)
+from train.pipeline import (REPO, TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config, device_from,
+                            fit_and_evaluate, prepare, ship, split_rows)
+from train.variants import VARIANTS, WARM_STARTS, variant_train_config, warm_schedule
 
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 

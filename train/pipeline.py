@@ -21,13 +21,14 @@ from sat.config import ModelConfig
 from sat.encoder import create_encoder
 from sat.model import CaptionModel
 from sat.vocab import Vocab
-from sat.weights import WeightsError, load_into, read_weights, save_weights
+from sat.weights import save_weights
 from train.data.karpathy import ImageRecord, load_karpathy
 from train import distributed as D
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
 from train.loop import CaptionData, TrainConfig, fit
 from train.metrics import CaptionScorer
+from train.variants import VARIANTS, WARM_STARTS, resolve_init, variant_train_config, warm_start
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
@@ -160,35 +161,6 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
     history = fit(model, data=data, validate=validate, out_dir=run_dir, config=tc, pad_id=vocab.pad_id,
                   resume=resume, device=device, progress=progress)
     return model, history, time.time() - t0
-
-
-def resolve_init(path: str) -> Path:
-    """An --init-from spec: a Hub spec (hf://owner/repo[@revision], see sat/hub.py), a folder as given,
-    else relative to the repository (how the default run records it)."""
-    from sat.hub import is_hub_spec, resolve_weights
-    if is_hub_spec(path):
-        return resolve_weights(path)
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() or not (REPO / p).exists() else REPO / p
-
-
-def repo_relative(path: Path) -> str:
-    """A path as train_config.json records it: relative to the repository when inside it."""
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path.resolve())
-
-
-def warm_start(model: CaptionModel, folder: Path, vocab: Vocab) -> None:
-    """Load a weights folder's tensors into a freshly built model (see TrainConfig.init_from)."""
-    tensors, _, saved_vocab, _ = read_weights(folder)
-    if saved_vocab.itos != vocab.itos:
-        raise WeightsError(f"--init-from {folder}: its vocabulary ({len(saved_vocab)} tokens) differs from "
-                           f"this dataset's ({len(vocab)} tokens); a warm start needs the same vocabulary")
-    kept = load_into(model, tensors, source=f"--init-from {folder}", partial=True)
-    if D.current().is_main:
-        print(f"initialised from {folder}" + (f" (kept at their initial value: {', '.join(kept)})" if kept else ""))
 
 
 def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], cache: FeatureCache, *,
@@ -372,46 +344,6 @@ def _run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, ru
     ship(out, main, prep, command=command)
     print(f"total {main.metrics['total_seconds'] / 60:.1f} min")
     return main.metrics
-
-
-# Every variant of `python -m train compare`, as changes to the base model config; the default run
-# trains its "soft" and "hard" rows and the blind baseline from the same entries.
-VARIANTS: dict[str, dict] = {
-    "soft": {"attention": "soft", "decoder": "lstm"},
-    # NOTE: half of hard attention's batches see one sampled cell: noisy enough without dropout 0.5;
-    # at 0.25 it fits better (scenes, 6 epochs: val BLEU-4 0.429 vs 0.422, test 0.406 vs 0.404).
-    "hard": {"attention": "hard", "decoder": "lstm", "dropout": 0.25},
-    "dot": {"attention": "dot", "decoder": "lstm"},
-    "uniform": {"attention": "uniform", "decoder": "lstm"},
-    "gru": {"attention": "soft", "decoder": "gru"},
-    # NOTE: the Transformer gets the usual Transformer dropout; 0.5 (the LSTM's) starves it.
-    "transformer": {"attention": "soft", "decoder": "transformer", "dropout": 0.1},
-    "blind": {"attention": "soft", "decoder": "lstm", "blind": True},
-}
-
-# Variants trained from another variant's weights: name → (source, share of the epochs, share of the lr).
-# NOTE: from scratch, hard attention's argmax location sticks to the first object for the whole caption
-# (scenes test BLEU-4 0.434–0.441 after 10–12 epochs). Started from the trained soft model, whose α
-# already finds the objects, 4 epochs of hard training gave 0.522 at lr 4e-4 and 0.505 at lr 1e-3 (one
-# thread each); the shipped run (lr 4e-4, two threads) 0.505. The hard model then costs the soft model's
-# epochs plus its own: compare reports both.
-WARM_STARTS: dict[str, tuple[str, float, float]] = {"hard": ("soft", 0.4, 0.4)}
-
-
-def warm_schedule(name: str, tc: TrainConfig) -> tuple[int, float]:
-    """(epochs, lr) of a warm-started variant, from the base settings."""
-    _, epochs, lr = WARM_STARTS[name]
-    return max(1, round(tc.epochs * epochs)), tc.lr * lr
-
-
-def variant_train_config(name: str, tc: TrainConfig, *, source: Path | None = None) -> TrainConfig:
-    """The training settings of one variant: the base ones, or a warm start from `source`'s weights."""
-    if name not in WARM_STARTS:
-        return tc
-    if source is None:
-        raise ValueError(f"the {name!r} variant starts from the {WARM_STARTS[name][0]!r} weights: give their folder")
-    epochs, lr = warm_schedule(name, tc)
-    return TrainConfig(**{**asdict(tc), "init_from": repo_relative(source), "epochs": epochs, "lr": lr})
 
 
 def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_root: Path, runs: Path,
