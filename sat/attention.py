@@ -180,9 +180,9 @@ class HardAttention(SoftAttention):
         loss = -self.entropy_weight * mean_entropy
         stats = {"entropy": float(mean_entropy.detach()), "baseline": float(self.baseline[0])}
         if alpha_c:  # the doubly stochastic penalty on α, as for soft attention (off by default)
-            reg = doubly_stochastic(alphas, mask)
-            loss = loss + alpha_c * reg
-            stats["att_reg"] = float(reg.detach())
+            penalty, penalty_stats = Attention.regularizer(self, alphas, sample_logp, token_logp, mask, alpha_c=alpha_c)
+            loss = loss + penalty
+            stats.update(penalty_stats)
         if sample_logp is None:  # an expected-context batch: plain maximum likelihood
             return loss, stats
         reward = self.rewards(token_logp.detach(), mask)  # (B, T)

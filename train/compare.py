@@ -53,8 +53,20 @@ def word_frequency_row(prep: Prepared, scorer: CaptionScorer) -> dict:
     return m
 
 
-def _reuse(folders: list[Path], cfg: ModelConfig, tc: TrainConfig) -> Trained | None:
-    """The first finished weights folder whose config and training settings match, else None.
+def _settings(tc: dict) -> dict:
+    """Training settings as reuse compares them.
+
+    NOTE: a warm start matches on having one, not on the path it was recorded with (the source
+    folder is the matching variant of the same settings either way); older folders lack newer
+    TrainConfig fields, which then hold their defaults.
+    """
+    tc = {**asdict(TrainConfig()), **tc}
+    return {**tc, "init_from": bool(tc["init_from"])}
+
+
+def _reuse(folders: list[Path], cfg: ModelConfig, tc: TrainConfig) -> tuple[Trained, Path] | None:
+    """The first finished weights folder whose config and training settings match (loaded, and
+    where it is), else None.
 
     NOTE: the bundled assets/weights/{soft,hard} are candidates too: when the default run used the
     same model and training settings, the table shows those very weights instead of retraining.
@@ -65,19 +77,14 @@ def _reuse(folders: list[Path], cfg: ModelConfig, tc: TrainConfig) -> Trained | 
             saved_tc = json.loads((folder / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
         except (ValueError, OSError):
             continue
-        # NOTE: a warm start matches on having one, not on the path it was recorded with (the
-        # source folder is the matching variant of the same settings either way); older folders
-        # lack newer TrainConfig fields, which then hold their defaults.
-        saved_tc = {**asdict(TrainConfig()), **saved_tc}
-        same = {k: v for k, v in saved_tc.items() if k != "init_from"} == {k: v for k, v in asdict(tc).items() if k != "init_from"}
-        if saved_cfg == cfg and same and bool(saved_tc["init_from"]) == bool(tc.init_from) and "bleu4" in metrics:
+        if saved_cfg == cfg and _settings(saved_tc) == _settings(asdict(tc)) and "bleu4" in metrics:
             break
     else:
         return None
     model = CaptionModel(cfg)
     load_into(model, tensors, source=str(folder))
     print(f"reusing {folder}")
-    return Trained(model, tc, [], metrics.get("train_seconds", 0.0), metrics)
+    return Trained(model, tc, [], metrics.get("train_seconds", 0.0), metrics), folder
 
 
 def run_compare(base: ModelConfig, tc: TrainConfig, dc: DataConfig, *, beam_size: int = 3,
@@ -114,17 +121,14 @@ def _trained(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, r
     cfg = complete_config(base.replace(**VARIANTS[name]), prep.vocab, prep.cache)
     vtc = variant_train_config(name, tc, source=source)
     folder = runs / name / "weights"
-    for candidate in (folder, REPO / "assets" / "weights" / name):
-        t = _reuse([candidate], cfg, vtc)
-        if t is not None:
-            folder = candidate
-            break
-    else:
+    entry = _reuse([folder, REPO / "assets" / "weights" / name], cfg, vtc)
+    if entry is None:
         t = fit_and_evaluate(prep, cfg, vtc, run_dir=runs / name, beam_size=beam_size, device=device,
                              progress=progress, scorer=scorer)
         ship(folder, t, prep, command=command)
-    done[name] = (t, folder)
-    return done[name]
+        entry = (t, folder)
+    done[name] = entry
+    return entry
 
 
 def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, done: dict, **kw) -> dict:

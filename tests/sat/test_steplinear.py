@@ -17,19 +17,26 @@ def _unroll(cell_fn, xs, h, c):
     return torch.cat(outs)
 
 
-def test_step_lstm_cell_matches_lstm_cell_values_and_gradients():
+def _cell_then_step_cell(*, bf16: bool):
+    """nn.LSTMCell, then StepLSTMCell on the same weights over a shrinking batch (under bf16 autocast
+    or not) → the cell, and for each: (parameter gradients, input gradients, outputs as float32)."""
     torch.manual_seed(0)
     cell = nn.LSTMCell(6, 5)
     xs = [torch.randn(b, 6) for b in (4, 4, 3, 1)]
     h0, c0 = torch.randn(4, 5), torch.randn(4, 5)
-    grads = []
-    for fn in (cell, StepLSTMCell(cell)):
+    results = []
+    for make in (lambda: cell, lambda: StepLSTMCell(cell)):  # NOTE: made inside autocast, as the decoder does
         cell.zero_grad()
         x_req = [x.clone().requires_grad_() for x in xs]
-        out = _unroll(fn, x_req, h0, c0)
-        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
-        grads.append(({k: p.grad.clone() for k, p in cell.named_parameters()}, [x.grad for x in x_req], out))
-    (g_ref, gx_ref, out_ref), (g, gx, out) = grads
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = _unroll(make(), x_req, h0, c0)
+        (out.float() * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        results.append(({k: p.grad.clone() for k, p in cell.named_parameters()}, [x.grad for x in x_req], out.float()))
+    return cell, results
+
+
+def test_step_lstm_cell_matches_lstm_cell_values_and_gradients():
+    _, ((g_ref, gx_ref, out_ref), (g, gx, out)) = _cell_then_step_cell(bf16=False)
     assert torch.allclose(out, out_ref, atol=1e-6)
     for k in g_ref:
         assert torch.allclose(g[k], g_ref[k], atol=1e-5), k
@@ -56,19 +63,7 @@ def test_falls_back_to_a_plain_linear_without_grad():
 
 
 def test_under_bf16_autocast_matches_nn_lstm_cell_and_casts_the_weights_once():
-    torch.manual_seed(0)
-    cell = nn.LSTMCell(6, 5)
-    xs = [torch.randn(b, 6) for b in (4, 4, 3, 1)]
-    h0, c0 = torch.randn(4, 5), torch.randn(4, 5)
-    grads = []
-    for make in (lambda: cell, lambda: StepLSTMCell(cell)):
-        cell.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fn = make()
-            out = _unroll(fn, xs, h0, c0)
-        (out.float() * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
-        grads.append(({k: p.grad.clone() for k, p in cell.named_parameters()}, out.float()))
-    (g_ref, out_ref), (g, out) = grads
+    cell, ((g_ref, _, out_ref), (g, _, out)) = _cell_then_step_cell(bf16=True)
     assert torch.allclose(out, out_ref, atol=3e-2)  # bf16 matmuls both ways
     for k in g_ref:
         assert g[k].dtype == torch.float32
