@@ -18,51 +18,10 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-DEFAULTS = {"soft": REPO / "assets" / "weights" / "soft", "hard": REPO / "assets" / "weights" / "hard"}
+from sat.paths import WEIGHTS
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for tests and benchmarks that start this app)."""
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_serving(proc, url: str, *, timeout: float, describe_exit=lambda: "") -> float:
-    """Poll `url` until the app started as `proc` answers 200; return the seconds it took.
-
-    Raises RuntimeError (with `describe_exit()` appended) if the process exits first, TimeoutError
-    after `timeout` seconds.
-    """
-    import urllib.request
-    t0, deadline = time.perf_counter(), time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}{describe_exit()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - t0
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"app.py did not answer on {url} within {timeout} s")
-        time.sleep(0.3)
-
-
-def stop_serving(proc) -> None:
-    """Stop an app process started for a test or benchmark: terminate, then kill after 10 s."""
-    import subprocess
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+DEFAULTS = {"soft": WEIGHTS / "soft", "hard": WEIGHTS / "hard"}
 
 
 def weights_spec(name: str, flag: str | None) -> str:
@@ -86,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from sat.device import resolve_device
+
+    try:
+        resolve_device(args.device)  # NOTE: both columns would fail alike; say it once, up front
+    except ValueError as e:
+        print(f"error: --device: {e}", file=sys.stderr)
+        return 2
     from studio.inference import load_slot, pretty_spec  # NOTE: here: `import app` does no work
     from studio.ui import create_app, serve
 

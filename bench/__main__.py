@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
+from sat.paths import EXAMPLES, WEIGHTS
+
 from . import system
 from .report import KEYS, PARTS, write_markdown
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_WEIGHTS = system.REPO / "assets" / "weights" / "soft"
-EXAMPLES = system.REPO / "assets" / "examples"
+DEFAULT_WEIGHTS = WEIGHTS / "soft"
 
 
 def run_part(part: str, a: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:

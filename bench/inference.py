@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from sat.captioner import Captioner
-from sat.encoder import Encoder, load_image, preprocess
+from sat.encoder import Encoder
+from sat.image import load_image, preprocess
 from sat.search import beam_search
 
 # NOTE: phone and camera sizes (VGA … 12 MP); the JPEG draft mode in load_image matters for the big ones.
@@ -41,7 +42,8 @@ def bench_beam(cap: Captioner, feats: torch.Tensor, *, beam: int = 5, per_image:
     from .reference import reference_for
 
     dec, v = cap.model.decoder, cap.vocab
-    kw = dict(beam_size=beam, max_len=cap.config.max_len, pad_id=v.pad_id, start_id=v.start_id, end_id=v.end_id)
+    kw = dict(beam_size=beam, max_len=cap.config.max_len, pad_id=v.pad_id, start_id=v.start_id, end_id=v.end_id,
+              unk_id=v.unk_id)
     c = cap.config
     if (c.decoder, c.attention, c.gate) != ("lstm", "soft", True):
         raise ValueError(f"the tutorial-style search needs soft-attention LSTM weights with the gate; "
@@ -119,7 +121,7 @@ def bench_latency(cap: Captioner, photos: list[Path], *, beam: int = 3) -> dict[
             t0 = time.perf_counter()
             img = load_image(p)
             t1 = time.perf_counter()
-            x = preprocess(img, image_size=cap.config.image_size, resize=cap.config.resize)[None]
+            x = preprocess(img, **cap.config.preprocessing)[None]
             t2 = time.perf_counter()
             fmap = cap.encoder.encode_trunk(x)
             t3 = time.perf_counter()

@@ -122,27 +122,29 @@ class TutorialDecoder(nn.Module):
 
     def loss(self, encoder_out: torch.Tensor, captions: torch.Tensor, *, pad_id: int = 0,
              alpha_c: float = 1.0) -> torch.Tensor:
-        """The tutorial's objective on packed real tokens (+ our doubly stochastic penalty)."""
+        """The tutorial's objective on packed real tokens, with its doubly stochastic penalty (averaged over
+        images and locations, as `sat.attention.doubly_stochastic`)."""
         lengths = (captions != pad_id).sum(dim=1)
         scores, caps_sorted, decode_lengths, alphas, _ = self(encoder_out, captions, lengths)
         targets = caps_sorted[:, 1:]
         packed_scores = pack_padded_sequence(scores, decode_lengths, batch_first=True).data
         packed_targets = pack_padded_sequence(targets, decode_lengths, batch_first=True).data
         xent = F.cross_entropy(packed_scores, packed_targets)
-        reg = ((1.0 - alphas.sum(dim=1)) ** 2).sum(dim=1).mean()
+        reg = ((1.0 - alphas.sum(dim=1)) ** 2).mean()
         return xent + alpha_c * reg
 
 
     @torch.no_grad()
     def beam_search_one(self, encoder_out: torch.Tensor, *, beam_size: int, max_len: int, pad_id: int = 0,
-                        start_id: int = 1, end_id: int = 2) -> tuple[list[int], float]:
+                        start_id: int = 1, end_id: int = 2, unk_id: int | None = 3) -> tuple[list[int], float]:
         """One image's beam search the tutorial's way: encoder_out (1, L, D) → (token ids, score).
 
         The tutorial's control flow: the image's k beams form the batch; every step recomputes the
         attention projection, takes the top k of the flattened (k·V) scores, moves beams that emitted
         <end> to a finished list and *shrinks* k by that many, and stops when k reaches 0. The best
         finished caption by summed log-probability wins. Our search's conventions are kept so that the
-        captions can be compared: <pad>/<start> are never generated and step `max_len` may only emit <end>.
+        captions can be compared: <pad>/<start>/<unk> are never generated, and at step `max_len` a beam
+        whose best token is <end> ends with it while the others are cut (no <end>, none in the score).
         """
         k = beam_size
         enc = encoder_out.expand(k, *encoder_out.shape[1:])  # (k, L, D)
@@ -161,10 +163,14 @@ class TutorialDecoder(nn.Module):
             logp = F.log_softmax(self.fc(x), dim=1)  # (k, V)
             logp[:, pad_id] = float("-inf")
             logp[:, start_id] = float("-inf")
-            if step == max_len:
-                keep = logp[:, end_id].clone()
-                logp.fill_(float("-inf"))
-                logp[:, end_id] = keep
+            if unk_id is not None:
+                logp[:, unk_id] = float("-inf")
+            if step == max_len:  # no room for a word: end where <end> is the best token, else cut
+                for i in range(k):
+                    ends = int(logp[i].argmax()) == end_id
+                    done_seqs.append(seqs[i].tolist() + ([end_id] if ends else []))
+                    done_scores.append(float(top[i, 0] + (logp[i, end_id] if ends else 0.0)))
+                break
             scores = top + logp  # (k, V)
             flat = scores[0] if step == 0 else scores.view(-1)  # NOTE: at step 0 all k beams are equal
             top_scores, top_words = flat.topk(k)

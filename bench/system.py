@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from sat.paths import REPO
 
 
 def cpu_model() -> str:
@@ -103,32 +103,20 @@ def app_peak_rss(*, soft: str | None, hard: str | None, image: Path, start_timeo
     """Start `python app.py`, caption `image` once through gradio_client, read the app's VmHWM."""
     from gradio_client import Client, handle_file
 
-    from app import free_port, stop_serving, wait_until_serving
+    from studio.server import serving
 
-    port = free_port()
-    args = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
-    if soft:
-        args += ["--soft", soft]
-    if hard:
-        args += ["--hard", hard]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        start_s = wait_until_serving(proc, url, timeout=start_timeout,
-                                     describe_exit=lambda: f": {proc.stderr.read()[-2000:]}")
-        idle = vm_hwm_mb(proc.pid)
-        client = Client(url, verbose=False)
+    args = [*(["--soft", soft] if soft else []), *(["--hard", hard] if hard else [])]
+    with serving(*args, timeout=start_timeout) as app:
+        idle = vm_hwm_mb(app.proc.pid)
+        client = Client(app.url, verbose=False)
         t1 = time.perf_counter()
         client.predict(handle_file(str(image)), "beam", 3, 1.0, 20, api_name="/caption")
         request_s = time.perf_counter() - t1
-        peak = vm_hwm_mb(proc.pid)
-    finally:
-        stop_serving(proc)
+        peak = vm_hwm_mb(app.proc.pid)
     return {"peak_rss_mb_app": None if peak is None else round(peak, 1),
             "app_rss_mb_after_start": None if idle is None else round(idle, 1),
-            "app_start_s": round(start_s, 1), "app_caption_request_s": round(request_s, 2),
-            "app_command": "python " + " ".join(args[1:])}
+            "app_start_s": round(app.start_s, 1), "app_caption_request_s": round(request_s, 2),
+            "app_command": app.command}
 
 
 def own_peak_rss_mb() -> float:

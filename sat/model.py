@@ -6,7 +6,9 @@ The loss is the paper's eq. (14) for soft attention:
 
 The first term is averaged over real tokens only (padding carries no loss); the second, the
 doubly stochastic regulariser (§4.2.1), pushes the model to look at every part of the image over
-the course of the caption, and is summed over real steps only.
+the course of the caption: Σ_t runs over real steps only, and the paper's Σ_i over the L locations
+is an average here (1/L Σ_i), so it sits on the cross-entropy's per-token scale whatever the grid
+(`sat.attention.doubly_stochastic`).
 
 The training loop sees only `loss(...)`, so it works with any decoder the registry builds.
 """

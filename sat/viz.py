@@ -6,10 +6,11 @@ with a Gaussian filter, then drawn over the image one panel per generated word. 
 the single implementation used by the CLI (``--attention-png``), the evaluation's grounding score
 (``train/grounding.py``) and the app.
 
-Geometry. The model never sees the photo itself but ``sat.encoder.preprocess(img)``: a square of
-side ``image_size`` that is either the centre crop of the photo resized so its short side fits
-(``resize="crop"``) or the whole photo resized so its long side fits and padded with the mean
-colour (``resize="pad"``). The (h, w) grid tiles that square, so:
+Geometry. The model never sees the photo itself but ``sat.image.preprocess(img)``: a square of
+side ``image_size`` that is either the centre crop of the photo resized so its short side is
+image_size / crop_pct (``resize="crop"``) or the whole photo resized so its long side fits and padded
+with the mean colour (``resize="pad"``); `sat.image.square_frame` owns that geometry for both. The
+(h, w) grid tiles that square, so:
 
 * crop: the grid covers the central square of the photo; the strips left out get 0 attention;
 * pad: the grid covers a square larger than the photo; the part of the map over the padding is
@@ -50,26 +51,19 @@ TRUNCATE = 3.0  # Gaussian support in sigmas
 MAX_WORK_CELL = 64  # NOTE: working resolution per cell is capped; the map is smooth at that scale
 
 
-def _square_frame(size: tuple[int, int], *, resize: str, image_size: int
+def _square_frame(size: tuple[int, int], *, resize: str, image_size: int, crop_pct: float = 1.0
                   ) -> tuple[float, float, float, float]:
-    """Affine map photo → preprocessed square, exactly as `preprocess` does it.
+    """Affine map photo → preprocessed square, exactly as `preprocess` does it (`square_frame`).
 
     Returns (sx, sy, ox, oy) with u = x * sx + ox, v = y * sy + oy for continuous photo coordinates
     (x, y) and square coordinates (u, v) in [0, image_size).
     """
-    if resize not in ("crop", "pad"):
-        raise ValueError(f"resize must be 'crop' or 'pad', got {resize!r}")
+    from sat.image import square_frame  # NOTE: lazily: sat.image imports torch
+
     w, h = size
-    if w < 1 or h < 1:
-        raise ValueError(f"size must be a positive (W, H), got {size!r}")
-    scale = image_size / (min(w, h) if resize == "crop" else max(w, h))
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if resize == "crop":
-        ox, oy = -float((nw - image_size) // 2), -float((nh - image_size) // 2)
-    else:
-        ox, oy = float((image_size - nw) // 2), float((image_size - nh) // 2)
+    nw, nh, ox, oy = square_frame((w, h), image_size=image_size, resize=resize, crop_pct=crop_pct)
     # NOTE: per-axis scales (nw / w, nh / h) follow preprocess's rounding of the resized size.
-    return nw / w, nh / h, ox, oy
+    return nw / w, nh / h, float(ox), float(oy)
 
 
 def _kept_fraction(n: int, k: int, sig: float) -> np.ndarray:
@@ -91,7 +85,8 @@ def _coverage(lo: float, hi: float, n: int, step: float) -> np.ndarray:
 
 def upsample_attention(alpha: np.ndarray, *, size: tuple[int, int], resize: str = "crop",
                        image_size: int = 224, sigma: float | None = None,
-                       smooth: float = DEFAULT_SMOOTH, border: str = "reflect") -> np.ndarray:
+                       smooth: float = DEFAULT_SMOOTH, border: str = "reflect",
+                       crop_pct: float = 1.0) -> np.ndarray:
     """Upsample one (h, w) attention grid to a (H, W) float32 mass map over a (W, H) photo.
 
     Each cell is spread uniformly over the part of the preprocessed square it tiles (block
@@ -100,7 +95,7 @@ def upsample_attention(alpha: np.ndarray, *, size: tuple[int, int], resize: str 
     ``sigma=0`` (or ``smooth=0``) gives sharp blocks. ``border`` is "reflect" or "cell" (see the
     module docstring). The result is resampled into the photo's geometry for ``resize`` "crop" or
     "pad" (see the module docstring) and sums to the attention mass that falls on the photo (1 for
-    crop).
+    crop). ``crop_pct`` is the model's (`ModelConfig.crop_pct`), as `sat.image.preprocess` uses it.
     """
     a = np.asarray(alpha, dtype=np.float64)
     if a.ndim != 2 or a.size == 0:
@@ -112,7 +107,7 @@ def upsample_attention(alpha: np.ndarray, *, size: tuple[int, int], resize: str 
     if border not in ("reflect", "cell"):
         raise ValueError(f"border must be 'reflect' or 'cell', got {border!r}")
     W, H = int(size[0]), int(size[1])
-    sx, sy, ox, oy = _square_frame((W, H), resize=resize, image_size=image_size)
+    sx, sy, ox, oy = _square_frame((W, H), resize=resize, image_size=image_size, crop_pct=crop_pct)
     gh, gw = a.shape
     S = float(image_size)
     # Working raster over the square: k pixels per cell, about one per photo pixel (capped).
@@ -146,13 +141,10 @@ def upsample_attention(alpha: np.ndarray, *, size: tuple[int, int], resize: str 
     yi = np.clip(np.floor(v).astype(np.int64), 0, gh * ky - 1)
     out = work[np.ix_(yi, xi)] * np.outer(inside_y, inside_x)
 
-    # Mass the model put on the photo's area of the square (exactly 1 for crop).
-    if resize == "crop":
-        target = float(work.sum())
-    else:
-        cov_x = _coverage(ox, ox + W * sx, gw * kx, S / (gw * kx))
-        cov_y = _coverage(oy, oy + H * sy, gh * ky, S / (gh * ky))
-        target = float(cov_y @ work @ cov_x)
+    # Mass the model put on the photo's area of the square (1 for crop unless crop_pct > 1).
+    cov_x = _coverage(ox, ox + W * sx, gw * kx, S / (gw * kx))
+    cov_y = _coverage(oy, oy + H * sy, gh * ky, S / (gh * ky))
+    target = float(cov_y @ work @ cov_x)
     total = float(out.sum())
     if total > 0:
         # NOTE: nearest sampling already has the right shape; rescaling fixes the per-pixel
@@ -209,7 +201,7 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
                    probs: Sequence[float] | None = None, cols: int | None = None,
                    resize: str = "crop", image_size: int = 224, sigma: float | None = None,
                    smooth: float = DEFAULT_SMOOTH, opacity: float = 0.6, cmap: str = "jet",
-                   panel_inches: float = 2.2, max_side: int = 320) -> "Figure":
+                   panel_inches: float = 2.2, max_side: int = 320, crop_pct: float = 1.0) -> "Figure":
     """A matplotlib Figure: the photo, then one overlay panel per token (``<end>`` included).
 
     ``tokens`` are the caption's tokens (or its words; "<end>" is appended when there is one more
@@ -251,7 +243,7 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
             ax.set_title("image", fontsize=10)
             continue
         m = upsample_attention(att[i - 1], size=img.size, resize=resize, image_size=image_size,
-                               sigma=sigma, smooth=smooth)
+                               sigma=sigma, smooth=smooth, crop_pct=crop_pct)
         ax.imshow(overlay(img, m, opacity=opacity, cmap=cmap))
         title = toks[i - 1] if probs is None else f"{toks[i - 1]} ({float(probs[i - 1]):.2f})"
         ax.set_title(title, fontsize=10)

@@ -1,4 +1,8 @@
-"""Caption normalisation and the word vocabulary shared by training and inference.
+"""The caption tokenizer and the word vocabulary shared by training and inference.
+
+:func:`tokenize` (``sat/tokenizer.py``) is the one rule that turns a caption into words: the
+PTB rule of the official COCO evaluation, so that the vocabulary, the training targets, the
+validation BLEU and the official test references all agree.
 
 The vocabulary maps words to integer ids with four fixed special tokens at the
 front (``<pad>`` = 0, ``<start>`` = 1, ``<end>`` = 2, ``<unk>`` = 3).  It is built
@@ -10,50 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-__all__ = ["PAD", "START", "END", "UNK", "SPECIALS", "normalize_caption", "Vocab"]
+from .atomic import write_json
+from .tokenizer import tokenize
+
+__all__ = ["PAD", "START", "END", "UNK", "SPECIALS", "tokenize", "Vocab"]
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS: tuple[str, ...] = (PAD, START, END, UNK)
 
 FORMAT_NAME = "sat-vocab"
 FORMAT_VERSION = 1
-
-# NOTE: apostrophes are deleted rather than turned into spaces so that
-# possessives and contractions stay one word ("man's" -> "mans", "don't" ->
-# "dont"); that keeps the vocabulary smaller than splitting off "s"/"t".
-# The typographic variants show up in scraped captions, hence the list.
-_APOSTROPHES = re.compile("['\u2018\u2019\u02bc`\u00b4]")
-# Anything that is not a (Unicode) letter or digit separates words; this covers
-# hyphens, dashes, slashes and all other punctuation.  ``[^\W_]`` is "word
-# character except underscore", i.e. letters and digits; its complement
-# ``[\W_]`` is what gets replaced.
-_NON_ALNUM = re.compile(r"[\W_]+")
-
-
-def normalize_caption(text: str) -> list[str]:
-    """Lower-case ``text``, strip punctuation and split it into words.
-
-    Letters and digits are kept, apostrophes are dropped (``"man's"`` ->
-    ``"mans"``), and every other character (hyphens included) becomes a word
-    break.  The same rule is used for every dataset so that vocabularies and
-    references are comparable.
-
-    >>> normalize_caption("A man's well-worn hat, on a TABLE.")
-    ['a', 'mans', 'well', 'worn', 'hat', 'on', 'a', 'table']
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"normalize_caption expects a str, got {type(text).__name__}")
-    text = _APOSTROPHES.sub("", text.lower())
-    return _NON_ALNUM.sub(" ", text).split()
-
 
 @dataclass
 class Vocab:
@@ -158,15 +134,17 @@ class Vocab:
 
     # ------------------------------------------------------- encode / decode
     def encode(self, tokens: list[str]) -> list[int]:
-        """Return ``[<start>] + ids + [<end>]``, truncated to ``max_len`` words.
+        """Return ``[<start>] + ids + [<end>]``; unknown words map to ``<unk>``, no padding.
 
-        Unknown words map to ``<unk>``.  No padding is added.
+        A caption longer than ``max_len`` words is cut to ``max_len`` and gets NO ``<end>``:
+        it did not end there, and a target ``<end>`` would teach the model to stop mid-sentence.
+        (The trainer leaves such captions out altogether and counts them.)
         """
         if isinstance(tokens, str):
             raise TypeError("encode expects a list of tokens, not a string")
         unk = self.unk_id
         ids = [self._stoi.get(t, unk) for t in tokens[: self.max_len]]
-        return [self.start_id, *ids, self.end_id]
+        return [self.start_id, *ids] + ([self.end_id] if len(tokens) <= self.max_len else [])
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Turn ids back into words.
@@ -218,17 +196,9 @@ class Vocab:
         """Write the vocabulary as UTF-8 JSON (atomically, via a temp file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), ensure_ascii=False)
         # NOTE: write-then-rename so an interrupted save never leaves a
         # truncated vocab next to a checkpoint.
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:

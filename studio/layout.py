@@ -7,7 +7,8 @@ Events (all queued; captions share one concurrency group of size 1 and the grid 
   with both models, then write both attention-grid PNGs for the download buttons;
 - a word slider's `input` (user moves only) → redraw that column, and the other when linked;
 - opacity / smoothing change → redraw both overlays; on release → rewrite the grids;
-- `/caption` (API only, a hidden button): both models' captions as JSON.
+- `/caption` (API only, a hidden button): both models' captions as JSON; inputs: image, mode, beam,
+  temperature, max length, then length penalty and no-repeat n-gram size (optional: slider defaults).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import gradio as gr
 
-from .inference import MAX_LEN_LIMIT, TITLES, trained_on
+from sat.search import MAX_LENGTH_PENALTY
+
+from .inference import DEFAULT_NO_REPEAT_NGRAM, MAX_LEN_LIMIT, MAX_NO_REPEAT_NGRAM, TITLES, trained_on
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ui import Studio
@@ -64,6 +67,11 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                             label="Temperature (sampling)")
                     max_len = gr.Slider(1, MAX_LEN_LIMIT, value=20, step=1,
                                         label="Max length (words)")
+                    length_penalty = gr.Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
+                                               label="Length penalty α (beam search; 0 = off)",
+                                               elem_id="length-penalty")
+                    no_repeat = gr.Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
+                                          label="No repeated n-grams of n words (0 = off)", elem_id="no-repeat")
                 with gr.Accordion("Overlay", open=True):
                     opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity",
                                         elem_id="opacity")
@@ -94,7 +102,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
 
         sliders = [cols[n]["slider"] for n in names]
         grids = [cols[n]["grid"] for n in names]
-        caption_inputs = [upload, mode, beam, temperature, max_len, opacity, smooth]
+        caption_inputs = [upload, mode, beam, temperature, max_len, opacity, smooth, length_penalty, no_repeat]
         caption_outputs: list[gr.components.Component] = [state, status]
         for n in names:
             caption_outputs += [cols[n][k] for k in ("chips", "overlay", "slider", "word", "grid")]
@@ -129,6 +137,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
             return examples[evt.index]
 
         gallery.select(pick_example, None, upload, api_visibility="private")
-        api_btn.click(studio.api_caption, [upload, mode, beam, temperature, max_len], api_json,
-                      api_name="caption", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY)
+        # NOTE: the two newer options last: clients that send the first five get the sliders' defaults
+        api_btn.click(studio.api_caption, [upload, mode, beam, temperature, max_len, length_penalty, no_repeat],
+                      api_json, api_name="caption", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY)
     return demo

@@ -11,7 +11,7 @@ differ each slider moves alone, so no column ever points past its own caption. O
 (the slider's `input` event) are handled, so setting the other slider never echoes back.
 
 The upload is a `gr.File`, not a `gr.Image`: Gradio then hands us the file untouched and every
-format goes through `sat.encoder.load_image`, so unreadable files get our message, not a crash.
+format goes through `sat.image.load_image`, so unreadable files get our message, not a crash.
 """
 from __future__ import annotations
 
@@ -25,14 +25,13 @@ from typing import Any, Sequence
 import gradio as gr
 
 from sat.captioner import Captioner
-from sat.encoder import ImageError
+from sat.image import ImageError
+from sat.paths import EXAMPLES, WEIGHTS
 
-from .inference import (DecodeOptions, ModelSlot, StudioResult, _strip_name,
-                        caption_upload, describe_slot, load_slot, render_overlay, safe_caption,
+from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, StudioResult, _strip_name,
+                        caption_upload, describe_slot, load_slot, log, render_overlay, safe_caption,
                         write_grid)
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "assets" / "examples"
 NAMES = ("soft", "hard")
 CSS = """
 .sat-caption { display: flex; flex-wrap: wrap; gap: 4px; font-size: 1.05rem; min-height: 2rem; }
@@ -41,8 +40,18 @@ CSS = """
 .sat-chip.sat-end { font-family: monospace; opacity: .75; }
 .sat-chip.sat-current { background: var(--color-accent, #f97316); color: white; }
 .sat-warning { padding: 6px 10px; border-left: 4px solid #f59e0b; }
+.sat-cut { font-style: italic; opacity: .75; }
 """
 GRID_MAX_AGE_S = 3600
+QUEUE_SIZE = 256
+"""Requests waiting in Gradio's queue; beyond it a request gets Gradio's 'Queue is full, try again'
+(HTTP 503). NOTE: a waiting request holds only its event (the upload is already a file on disk, at
+most 50 MB): memory is bounded by the captions running (one at a time) and by SESSIONS, not by this."""
+SESSIONS = 256
+"""Sessions whose state Gradio keeps (least recently used dropped first; Gradio's default is 10,000).
+NOTE: every session, an API client's too, holds a copy of every component's config (≈ tens of KB)
+and its caption result (the display image, ≈ 1 MB): at 10,000 the app's memory grew with every
+new client (bench/load.py); 256 bounds it to a few hundred MB."""
 
 
 def _example_paths(folder: Path = EXAMPLES) -> list[str]:
@@ -55,7 +64,8 @@ def _example_paths(folder: Path = EXAMPLES) -> list[str]:
 
 
 def caption_chips(result: StudioResult | None, name: str, index: int) -> str:
-    """The caption as word chips, the token at ``index`` (0-based) highlighted."""
+    """The caption as word chips, the token at ``index`` (0-based) highlighted; a caption cut at the
+    max length is followed by "(cut at N words)"."""
     if result is None or name not in result.outputs:
         return '<div class="sat-caption"></div>'
     cap = result.outputs[name].caption
@@ -63,6 +73,8 @@ def caption_chips(result: StudioResult | None, name: str, index: int) -> str:
     for i, (tok, p) in enumerate(zip(cap.tokens, cap.token_probs)):
         cls = "sat-chip" + (" sat-end" if tok == "<end>" else "") + (" sat-current" if i == index else "")
         chips.append(f'<span class="{cls}" title="p = {p:.3f}">{html.escape(tok)}</span>')
+    if cap.truncated:
+        chips.append(f'<span class="sat-cut">(cut at {len(cap.words)} words)</span>')
     text = html.escape(cap.text)
     return f'<div class="sat-caption" data-caption="{text}">{"".join(chips)}</div>'
 
@@ -97,15 +109,18 @@ class Studio:
 
     # ------------------------------------------------------------------ events
     def on_caption(self, path: str | None, mode: str, beam: float, temperature: float,
-                   max_len: float, opacity: float, smooth: float) -> list[Any]:
+                   max_len: float, opacity: float, smooth: float, length_penalty: float = 0.0,
+                   no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> list[Any]:
         """Upload / example / Caption button → state, status and every column (word 1)."""
-        opts = DecodeOptions(mode=mode, beam_size=int(beam), temperature=float(temperature),
-                             max_len=int(max_len))
+        # NOTE: raw values: DecodeOptions.checked parses them inside safe_caption's error handling
+        opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
+                             length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         result, message = safe_caption(self.slots, path, opts)
         if result is not None:
-            failed = [s.title for s in self.slots if not s.ready]
+            notes = [f"{s.title}: {'no weights loaded' if not s.ready else result.errors[s.name]}"
+                     for s in self.slots if s.name in result.errors]
             message = (f"Captioned {Path(str(path)).name} ({result.size[0]}×{result.size[1]})" +
-                       (f"; {', '.join(failed)}: no weights loaded" if failed else "") + ".")
+                       (f"; {'; '.join(notes)}" if notes else "") + ".")
         outs: list[Any] = [result, message]
         for name in self.names:
             n = result.n_tokens(name) if result is not None else 0
@@ -158,19 +173,24 @@ class Studio:
         return outs
 
     def api_caption(self, path: str | None, mode: str, beam: float, temperature: float,
-                    max_len: float) -> dict[str, Any]:
-        """The `caption` API endpoint: both models' captions as JSON (errors → gr.Error)."""
+                    max_len: float, length_penalty: float = 0.0,
+                    no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> dict[str, Any]:
+        """The `caption` API endpoint: both models' captions as JSON (errors → gr.Error). The two
+        decoding options come last, with the app's defaults, so 5-argument clients keep working."""
         if not path:
             raise gr.Error("no image given")
-        opts = DecodeOptions(mode=mode, beam_size=int(beam), temperature=float(temperature),
-                             max_len=int(max_len))
+        opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
+                             length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         try:
-            return caption_upload(self.slots, path, opts).to_json()
+            return caption_upload(self.slots, path, opts).to_json()  # NOTE: checks opts first
         except ImageError as e:
             name = Path(path).name
             raise gr.Error(f"can't read {name}: {_strip_name(str(e), name)}") from None
         except ValueError as e:
             raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 — never an error without a message ({"error": null})
+            log.exception("/caption failed")
+            raise gr.Error(f"captioning failed: {type(e).__name__}: {e}") from None
 
     def _prune_grids(self) -> None:
         cutoff = time.time() - GRID_MAX_AGE_S
@@ -182,10 +202,10 @@ class Studio:
 Weights = str | Path | Captioner | ModelSlot | None
 
 
-def create_app(soft: Weights = REPO / "assets" / "weights" / "soft",
-               hard: Weights = REPO / "assets" / "weights" / "hard", *,
+def create_app(soft: Weights = WEIGHTS / "soft",
+               hard: Weights = WEIGHTS / "hard", *,
                device: str | None = None, warmup: bool = True,
-               examples: Sequence[str | Path] | None = None) -> gr.Blocks:
+               examples: Sequence[str | Path] | None = None, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """Build the app. ``soft`` / ``hard``: a weights folder, an ``hf://`` spec, a loaded Captioner or
     ModelSlot (`load_slot`), or None. A column whose weights cannot be loaded shows why instead of
     failing the app."""
@@ -195,7 +215,7 @@ def create_app(soft: Weights = REPO / "assets" / "weights" / "soft",
              load_slot("hard", hard, device=device, warmup=warmup)]
     paths = [str(p) for p in examples] if examples is not None else _example_paths()
     demo = build(Studio(slots), [describe_slot(s) for s in slots], paths)
-    demo.queue(default_concurrency_limit=4, max_size=64)
+    demo.queue(default_concurrency_limit=4, max_size=queue_size)
     return demo
 
 
@@ -204,7 +224,8 @@ def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: 
     """Launch with the app's CSS and file rules (examples folder allowed, 50 MB uploads)."""
     return demo.launch(server_name=host, server_port=port, share=share, css=CSS, quiet=quiet,
                        allowed_paths=[str(EXAMPLES)], max_file_size="50mb",
-                       prevent_thread_lock=not block, show_error=False, ssr_mode=False)
+                       prevent_thread_lock=not block, show_error=False, ssr_mode=False,
+                       state_session_capacity=SESSIONS)
 
 
 __all__ = ["Studio", "caption_chips", "create_app", "serve", "word_info"]

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from app import free_port, stop_serving, wait_until_serving
+from sat.paths import EXAMPLES, REPO, WEIGHTS
+from studio.server import serving
 
 if TYPE_CHECKING:  # pragma: no cover
     from playwright.sync_api import Page
 
-REPO = Path(__file__).resolve().parent.parent
-WEIGHTS = REPO / "assets" / "weights"
 START_TIMEOUT_S = 90
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -36,20 +33,8 @@ UI_TIMEOUT_MS = 30_000
 @contextlib.contextmanager
 def running_app(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
     """`python app.py ARGS` on a free 127.0.0.1 port; yields its URL once it answers, then stops it."""
-    port = free_port()
-    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "app.py", *args, "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(proc, url, timeout=START_TIMEOUT_S,
-                           describe_exit=lambda: f"; log: {log.read_text()}" if log else "")
-        yield url
-    finally:
-        stop_serving(proc)
-        if log:
-            out.close()
+    with serving(*args, env=env, timeout=START_TIMEOUT_S, log=log) as app:
+        yield app.url
 
 
 # ----------------------------------------------------------------------------- the browser
@@ -139,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--soft", type=Path, default=WEIGHTS / "soft")
     p.add_argument("--hard", type=Path, default=WEIGHTS / "hard")
-    p.add_argument("--example", type=Path, default=REPO / "assets" / "examples" / "scene_008502.jpg")
+    p.add_argument("--example", type=Path, default=EXAMPLES / "scene_008502.jpg")
     p.add_argument("--out", type=Path, default=REPO / "assets" / "screenshot.png")
     args = p.parse_args(argv)
     if not args.soft.is_dir():

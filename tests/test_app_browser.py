@@ -10,8 +10,11 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from tests.app_harness import REPO, open_page, overlay_src, running_app, step_word, upload, wait_for_captions
+from sat.paths import REPO
+from tests.app_harness import open_page, overlay_src, running_app, step_word, upload, wait_for_captions
 from tests.conftest import make_tiny_weights
+
+pytestmark = pytest.mark.slow  # NOTE: starts the app and Chromium
 
 EXAMPLE = REPO / "assets" / "examples" / "scene_008504.jpg"
 
@@ -30,7 +33,10 @@ def test_upload_scrub_download_and_errors(app_url, tmp_path):
         wait_for_captions(page)
         assert "scene_008504.jpg (224×224)" in page.inner_text("#status")
         soft_words = page.locator("#soft-caption .sat-chip").all_inner_texts()
-        assert soft_words[-1] == "<end>" and len(soft_words) >= 3
+        # NOTE: the tiny random weights rarely choose <end>: a caption cut at max_len says so instead
+        cut = page.locator("#soft-caption .sat-cut").all_inner_texts()
+        assert len(soft_words) >= 3
+        assert soft_words[-1] == "<end>" if not cut else cut == [f"(cut at {len(soft_words)} words)"]
         assert page.locator("#hard-caption .sat-chip").all_inner_texts() == soft_words
         assert page.inner_text("#soft-word").startswith(f"Word 1 of {len(soft_words)}")
         soft0, hard0 = overlay_src(page, "soft"), overlay_src(page, "hard")

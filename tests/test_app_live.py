@@ -17,7 +17,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.app_harness import REPO, running_app
+from sat.paths import REPO
+from tests.app_harness import running_app
 from tests.conftest import make_tiny_weights
 
 EXAMPLE = REPO / "assets" / "examples" / "scene_008502.jpg"
@@ -32,6 +33,7 @@ def client(tmp_path_factory):
         yield Client(url, verbose=False)
 
 
+@pytest.mark.slow
 def test_caption_endpoint_over_http(client):
     assert EXAMPLE.is_file()
     data = client.predict(handle_file(str(EXAMPLE)), "beam", 3, 1.0, 8, api_name="/caption")
@@ -39,13 +41,14 @@ def test_caption_endpoint_over_http(client):
     for name, kind in (("soft", "soft"), ("hard", "hard")):
         m = data[name]
         assert m["weights"].endswith(f"/{kind}")
-        assert len(m["words"]) >= 1 and m["tokens"] == m["words"] + ["<end>"]
+        assert len(m["words"]) >= 1 and m["tokens"] == m["words"] + ([] if m["truncated"] else ["<end>"])
         att = np.asarray(m["attention"])
         assert att.shape == (len(m["tokens"]), 2, 2)  # one map per token, the tiny model's 2×2 grid
         assert np.allclose(att.sum(axis=(1, 2)), 1.0, atol=1e-3)
         assert len(m["token_probs"]) == len(m["tokens"])
 
 
+@pytest.mark.slow
 def test_bad_upload_is_an_error_and_the_server_goes_on(client, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not a png")
@@ -55,6 +58,28 @@ def test_bad_upload_is_an_error_and_the_server_goes_on(client, tmp_path):
     assert len(again["soft"]["words"]) <= 4 and len(again["hard"]["attention"]) == len(again["hard"]["tokens"])
 
 
+@pytest.mark.slow
+def test_caption_endpoint_takes_the_decoding_options_last(client):
+    """5 arguments (older clients) get the app's defaults; the 6th and 7th are the length penalty
+    and the no-repeat n-gram size (also by name); bad values are one clear error."""
+    from studio.inference import DecodeOptions
+    five = client.predict(handle_file(str(EXAMPLE)), "greedy", 1, 1.0, 8, api_name="/caption")
+    default = DecodeOptions()
+    seven = client.predict(handle_file(str(EXAMPLE)), "greedy", 1, 1.0, 8, default.length_penalty,
+                           default.no_repeat_ngram_size, api_name="/caption")
+    assert five["soft"]["words"] == seven["soft"]["words"]
+    named = client.predict(handle_file(str(EXAMPLE)), "greedy", 1, 1.0, 8, api_name="/caption",
+                           no_repeat_ngram_size=1)
+    for m in (named["soft"], named["hard"]):
+        assert len(set(m["words"])) == len(m["words"])  # n = 1: no word twice
+        assert isinstance(m["truncated"], bool)
+    with pytest.raises(AppError, match=r"no-repeat n-gram size must be a whole number 0–10, got 2.5"):
+        client.predict(handle_file(str(EXAMPLE)), "beam", 3, 1.0, 8, 0.0, 2.5, api_name="/caption")
+    with pytest.raises(AppError, match="Value 7 is greater than maximum value 5"):  # the slider's range (Gradio)
+        client.predict(handle_file(str(EXAMPLE)), "beam", 3, 1.0, 8, 7, 3, api_name="/caption")
+
+
+@pytest.mark.slow
 def test_only_the_caption_endpoint_is_public(client):
     info = client.view_api(return_format="dict", print_info=False)
     assert list(info["named_endpoints"]) == ["/caption"]
@@ -76,7 +101,7 @@ def test_spaces_front_matter_matches_the_installed_gradio():
     assert fm["python_version"] == '"3.11"' and fm["pinned"] == "false"
     assert {"title", "emoji", "colorFrom", "colorTo"} <= set(fm)
     reqs = (REPO / "requirements.txt").read_text().splitlines()
-    assert f"gradio=={gradio.__version__}" in reqs and "torch==2.13.0" in reqs
+    assert f"gradio=={gradio.__version__}" in reqs and "torch==2.14.1" in reqs
     assert any(r.startswith("huggingface_hub") for r in reqs)
     assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
 
@@ -89,6 +114,7 @@ def test_importing_app_does_no_work():
     assert gradio_loaded == "False" and torch_loaded == "False" and float(seconds) < 1.0
 
 
+@pytest.mark.slow
 def test_app_without_any_loadable_weights_exits_with_a_message(tmp_path):
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "app.py", "--soft", str(tmp_path / "nope"), "--hard",

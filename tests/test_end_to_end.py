@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from sat.__main__ import main as sat_main
+from sat.paths import REPO
+from tests.test_hub import MAIN, add_snapshot, set_ref
 from train.__main__ import main as train_main
+
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +31,7 @@ def trained(tmp_path_factory):
     return tmp, common
 
 
+@pytest.mark.slow
 def test_fit_writes_a_complete_weights_folder_and_the_loss_falls(trained):
     tmp, _ = trained
     for name in ("model.safetensors", "config.json", "vocab.json", "metrics.json", "README.md"):
@@ -38,6 +45,7 @@ def test_fit_writes_a_complete_weights_folder_and_the_loss_falls(trained):
     assert "python -m train fit" in (tmp / "weights" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reproduces_the_shipped_metrics(trained, capsys):
     tmp, common = trained
     out = tmp / "eval.json"
@@ -49,6 +57,23 @@ def test_evaluate_cli_reproduces_the_shipped_metrics(trained, capsys):
         assert again[k] == pytest.approx(shipped[k], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_evaluate_takes_the_decoding_options(trained, capsys):
+    tmp, common = trained
+    out = tmp / "eval_options.json"
+    assert train_main(["evaluate", "--weights", str(tmp / "weights"), "--beam-size", "2", "--length-penalty", "1",
+                       "--no-repeat-ngram-size", "2", "--json", str(out), *common]) == 0
+    m = json.loads(out.read_text())
+    assert m["length_penalty"] == 1.0 and m["no_repeat_ngram_size"] == 2 and 0 <= m["truncated"] <= m["n_images"]
+    for bad, needle in ((["--length-penalty", "-1"], "--length-penalty: must be a number in [0, 5], got -1"),
+                        (["--no-repeat-ngram-size", "x"], "--no-repeat-ngram-size: expected an integer")):
+        with pytest.raises(SystemExit) as e:
+            train_main(["evaluate", "--weights", str(tmp / "weights"), *bad, *common])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and needle in err[-1] and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.slow
 def test_a_caption_comes_out(trained, capsys):
     tmp, _ = trained
     image = next((tmp / "scenes" / "images").glob("*.jpg"))
@@ -57,12 +82,43 @@ def test_a_caption_comes_out(trained, capsys):
     assert rec["words"] and len(rec["attention"]) == len(rec["tokens"])
 
 
+@pytest.mark.slow
+def test_hub_specs_are_read_wherever_weights_are(trained, tmp_path):
+    """`hf://owner/repo[@revision]` through one resolver in `train evaluate`, `python -m sat` and
+    `Captioner.load`, offline, from a cache in huggingface_hub's layout (see tests/test_hub.py)."""
+    tmp, common = trained
+    repo_dir = tmp_path / "hub" / "models--owner--e2e"
+    add_snapshot(repo_dir, MAIN, tmp / "weights")
+    set_ref(repo_dir, "main", MAIN)
+    set_ref(repo_dir, "v2", MAIN)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = lambda *args: subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                                       text=True, timeout=300)
+    out = run("-m", "train", "evaluate", "--weights", "hf://owner/e2e@v2", "--beam-size", "2",
+              "--json", str(tmp_path / "eval.json"), *common)
+    assert out.returncode == 0, out.stderr
+    shipped = json.loads((tmp / "weights" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "eval.json").read_text())["cider"] == pytest.approx(shipped["cider"], abs=1e-6)
+    image = next((tmp / "scenes" / "images").glob("*.jpg"))
+    out = run("-m", "sat", str(image), "--weights", "hf://owner/e2e", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["words"]
+    code = ("import sys; from sat.captioner import Captioner; "
+            "print(Captioner.load(sys.argv[1]).caption(sys.argv[2], beam_size=2).text)")
+    out = run("-c", code, "hf://owner/e2e@v2", str(image))
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    out = run("-m", "sat", str(image), "--weights", "hf://owner/e2e@nope")  # not in the cache: one line
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "hf://owner/e2e@nope" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
 def test_wrong_data_root_is_a_clear_error(tmp_path, capsys):
     code = train_main(["evaluate", "--weights", str(tmp_path / "w"), "--dataset", "karpathy",
                        "--data-root", str(tmp_path / "nothing-here")])
     assert code == 2 and "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_init_from_starts_hard_attention_from_the_soft_weights(trained, capsys):
     from safetensors.torch import load_file
     tmp, common = trained
@@ -88,6 +144,7 @@ def test_init_from_starts_hard_attention_from_the_soft_weights(trained, capsys):
     assert "initialised from" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_init_from_refuses_what_does_not_fit(trained, capsys):
     tmp, common = trained
     small = ["--encoder", "test-tiny", "--image-size", "128", "--embed-dim", "16", "--attention-dim", "16",

@@ -9,7 +9,6 @@ subprocess with those variables set, as a person's shell would.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,28 +18,17 @@ from pathlib import Path
 import pytest
 
 from sat.hub import HubError, WEIGHTS_FILES, check_repo_id, parse_hub_spec, push_to_hub, resolve_weights
+from sat.paths import REPO
 from sat.weights import WeightsError
 from tests.conftest import make_tiny_weights
+from tests.hub_cache import add_snapshot as add_files_snapshot, set_ref
 
-REPO = Path(__file__).resolve().parent.parent
 MAIN, V1, PARTIAL = "a" * 40, "b" * 40, "c" * 40
 
 
 def add_snapshot(repo_dir: Path, commit: str, weights: Path) -> None:
     """Store a weights folder as commit ``commit`` of a cached repo (blobs + symlinked snapshot)."""
-    snap = repo_dir / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo_dir / "blobs").mkdir(exist_ok=True)
-    for name in WEIGHTS_FILES:
-        data = (weights / name).read_bytes()
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snap), snap / name)
-
-
-def set_ref(repo_dir: Path, ref: str, commit: str) -> None:
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / ref).write_text(commit)  # NOTE: huggingface_hub reads it without strip()
+    add_files_snapshot(repo_dir, commit, {name: (weights / name).read_bytes() for name in WEIGHTS_FILES})
 
 
 @pytest.fixture
@@ -81,6 +69,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_resolves_branches_tags_and_commits_offline(hf_cache, tmp_path):
     specs = ["hf://owner/sat-soft", "hf://owner/sat-soft@v1", f"hf://owner/sat-soft@{V1}",
              "hf://owner/sat-soft@nope", "hf://owner/elsewhere", "hf://owner/sat-soft@partial"]
@@ -208,6 +197,7 @@ def test_train_fit_pushes_after_writing_weights(tmp_path, monkeypatch):
     assert order == []  # refused before training
 
 
+@pytest.mark.slow
 def test_init_from_takes_a_hub_spec(hf_cache, tmp_path):
     code = ("import sys; from train.variants import resolve_init; "
             "print(resolve_init(sys.argv[1])); print(resolve_init(sys.argv[2]))")

@@ -1,4 +1,4 @@
-"""`python -m train [fit|evaluate|scenes] ...` — with no subcommand: the default run.
+"""`python -m train [fit|evaluate|compare|score|scenes] ...` — with no subcommand: the default run.
 
 The default run generates (or reuses) the scenes dataset, extracts features, trains the soft-attention
 LSTM, then the hard-attention LSTM starting from it (`--init-from`), and the blind baseline, evaluates them on the test split with beam 3 and
@@ -6,6 +6,9 @@ writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + 
 
 `torchrun --nproc_per_node=N -m train fit ...` trains data-parallel (train/distributed.py);
 `--batch-size` is then the global batch, split across the N processes.
+
+`fit --config FILE` / `--preset NAME` read settings from a file / a preset (flags override both; see
+train/config_file.py and train/presets.py); every fit writes its resolved settings as run_config.yaml.
 """
 from __future__ import annotations
 
@@ -16,22 +19,28 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from sat.__main__ import _float_in, _int_in
 from sat.config import ModelConfig
+from sat.paths import REPO, WEIGHTS
+from sat.search import MAX_LENGTH_PENALTY, MAX_NGRAM
+from train import config_file
+from train.config_file import DERIVED, parse_bool
 from train.loop import TrainConfig
-from train.pipeline import REPO, DataConfig, run_default, run_evaluate, run_fit
+from train.pipeline import DataConfig, run_default, run_evaluate, run_fit
+from train.presets import PAPER_SCORES, PRESETS
 
 # NOTE: the shipped model's settings; `fit` exposes each as a flag.
 # NOTE: measured on the scenes (4 epochs each, test split, beam 3): the 7×7×1280 head map gave
 # BLEU-4 0.51 but pointing 0.17–0.36 (every cell sees the whole image, so attention need not look);
 # the 14×14×112 stride-16 map gave BLEU-4 0.53 and pointing 0.85. The doubly stochastic penalty
-# (alpha_c) is off by default: with L = 196 ≫ T its floor (≈ L) dominates the loss and flattens α.
-DEFAULT_MODEL = ModelConfig(feature_map="stride16", embed_dim=256, attention_dim=128, decoder_dim=256,
+# (alpha_c, averaged over L) is off by default: at λ = 1 it gave BLEU-4 0.526 vs 0.522, CIDEr 4.32 vs 4.48,
+# attention mass 0.37 vs 0.43 (README "Train").
+DEFAULT_MODEL = ModelConfig(feature_map="stride16", image_size=0, embed_dim=256, attention_dim=128, decoder_dim=256,
                             dropout=0.5)
 # NOTE: 10 epochs since training skips padding (≈ 30–38 s per epoch on 2 cores, was ≈ 48 s): the soft
 # model's validation BLEU-4 still rises at epochs 8–9. The hard model trains 4 more epochs from the soft
 # one (WARM_STARTS in train/variants.py); from scratch it reached test BLEU-4 0.404 at 6, 0.438 at 10.
-DEFAULT_TRAIN = TrainConfig(epochs=10, batch_size=64, lr=1e-3, alpha_c=0.0, early_stop=3, lr_patience=1,
-                            captions_per_image=2)
+DEFAULT_TRAIN = TrainConfig()  # NOTE: one source of defaults: `fit()` from Python trains what the CLI trains
 BLIND_EPOCHS = 2
 
 
@@ -43,8 +52,8 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls, defaults, skip: set[st
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
-            # NOTE: `--bf16` alone means true; `--gate false` still works
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default, nargs="?",
+            # NOTE: `--bf16` alone means true; `--gate false` works; `--gate flase` is an error
+            p.add_argument(flag, type=parse_bool, default=default, nargs="?",
                            const=True, metavar="BOOL", help=f"(default {default})")
         elif isinstance(default, (int, float, str)):
             p.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
@@ -54,7 +63,25 @@ def _pick(cls, ns: argparse.Namespace, skip: set[str] = frozenset()):
     return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if f.name not in skip and hasattr(ns, f.name)})
 
 
-DERIVED = {"encoder_dim", "grid", "vocab_size"}
+def _fit_settings(parser: argparse.ArgumentParser, fit_p: argparse.ArgumentParser, argv: list[str],
+                  args: argparse.Namespace) -> argparse.Namespace:
+    """`fit`'s settings: built-in defaults < preset < --config file < explicit flags.
+
+    NOTE: argparse fills a flag from its default only when the flag is absent, so the preset and the
+    file become the defaults and the command line is parsed again: explicit flags win."""
+    defaults, preset = config_file.fit_defaults(args.preset, args.config)
+    if defaults:
+        fit_p.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    if args.out is None:
+        fit_p.error("--out is required (or `out` in the --config file's run section)")
+    if args.tensorboard is not None:
+        from train.tblog import require_tensorboard
+        require_tensorboard()
+    if preset:
+        paper = ", ".join(f"{k.upper().replace('BLEU', 'BLEU-')} {v}" for k, v in PAPER_SCORES[preset].items())
+        print(f"preset {preset}: the paper's soft attention reached {paper} on its test split", file=sys.stderr)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd")
 
     fit_p = sub.add_parser("fit", help="train a model and write its weights folder")
-    fit_p.add_argument("--out", type=Path, required=True, help="weights folder to write")
+    fit_p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="settings file (.json, .toml, .yaml): sections model/train/data/run with the "
+                            "flags' fields; flags override it (train/config_file.py)")
+    fit_p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help="photo settings for a GPU (train/presets.py); a --config file and flags override it")
+    fit_p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    fit_p.add_argument("--out", type=Path, default=None, help="weights folder to write (required)")
     fit_p.add_argument("--run-dir", type=Path, default=None, help="checkpoints/logs (default runs/<out name>)")
     fit_p.add_argument("--beam-size", type=int, default=3, help="beam size of the final test evaluation")
-    fit_p.add_argument("--with-blind", action="store_true", help="also train+evaluate the blind baseline")
+    fit_p.add_argument("--with-blind", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                       help="also train+evaluate the blind baseline")
+    fit_p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                       help="also write TensorBoard event files here: loss, xent, val BLEU-4, lr and "
+                            "attention grids of 4 validation images per epoch")
     fit_p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     fit_p.add_argument("--push-to-hub", metavar="OWNER/REPO", default=None,
                        help="then upload the weights folder to this Hub model repo (token: HF_TOKEN "
@@ -77,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_dataclass_flags(fit_p, TrainConfig, DEFAULT_TRAIN)
 
     ev = sub.add_parser("evaluate", help="score a weights folder on a split (official COCO metrics)")
-    ev.add_argument("--weights", type=Path, required=True)
+    ev.add_argument("--weights", required=True, help="weights folder or hf://owner/repo[@revision]")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--beam-size", type=int, default=3)
+    ev.add_argument("--length-penalty", type=_float_in(0.0, MAX_LENGTH_PENALTY), default=0.0, metavar="A",
+                    help="beam ranking by log p / ((5 + length) / 6)^A; 0 = off (default)")
+    ev.add_argument("--no-repeat-ngram-size", type=_int_in(0, MAX_NGRAM), default=0, metavar="N",
+                    help="never repeat an N-word sequence within a caption; 0 = off (default)")
     ev.add_argument("--json", type=Path, default=None, help="write the metrics here")
 
     cmp_p = sub.add_parser("compare", help="train/evaluate every variant; write assets/results.{md,json}")
@@ -89,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     _add_dataclass_flags(cmp_p, ModelConfig, DEFAULT_MODEL, skip=DERIVED | {"attention", "decoder", "blind"})
     _add_dataclass_flags(cmp_p, TrainConfig, DEFAULT_TRAIN, skip={"init_from"})
 
+    score_p = sub.add_parser("score", help="score any system's captions (COCO results JSON) with the official "
+                                           "metrics against a dataset split's references")
+    score_p.add_argument("--dataset", required=True, help="scenes, karpathy, flickr8k, flickr30k, coco or csv")
+    score_p.add_argument("--data-root", default="", help="the dataset's folder")
+    score_p.add_argument("--annotations", default="", help="annotation/split file, as for fit")
+    score_p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    score_p.add_argument("--captions", type=Path, required=True, metavar="RESULTS.json",
+                         help='[{"image_id": ..., "caption": "..."}, ...] ("file_name" may replace image_id)')
+    score_p.add_argument("--data-seed", type=int, default=0, help="seed of datasets split by seed")
+    score_p.add_argument("--json", type=Path, default=None, help="write the metrics here")
+
     sc = sub.add_parser("scenes", help="only generate the scenes dataset")
     for p in (fit_p, ev, cmp_p, sc):
         _add_dataclass_flags(p, DataConfig, DataConfig())
@@ -97,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.cmd == "fit":
+        try:
+            args = _fit_settings(parser, fit_p, argv, args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     command = " ".join(["python -m train", *(shlex.quote(a) for a in argv)])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.cmd != "fit":
         print("error: under torchrun only `fit` runs (data parallel); run the others as one process",
@@ -104,15 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.cmd is None:
-            run_default(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), weights_root=REPO / "assets" / "weights",
+            run_default(DEFAULT_MODEL, DEFAULT_TRAIN, DataConfig(), weights_root=WEIGHTS,
                         runs=REPO / "runs", blind_epochs=BLIND_EPOCHS, beam_size=3, command=command)
         elif args.cmd == "fit":
             if args.push_to_hub:
                 from sat.hub import check_repo_id
                 check_repo_id(args.push_to_hub)  # NOTE: a typo fails now, not after the training
-            run_fit(_pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args),
-                    out=args.out, run_dir=args.run_dir, beam_size=args.beam_size, with_blind=args.with_blind,
-                    resume=args.resume, device=args.device, progress=not args.no_progress, command=command)
+            cfgs = _pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args)
+            settings = config_file.resolved(args)
+            if args.print_config:  # NOTE: after the configs are built: an invalid combination is an error here too
+                print(config_file.dump(settings, command=command), end="")
+                return 0
+            if int(os.environ.get("RANK", "0")) == 0:  # NOTE: the run folder's copy is written first: kept if it fails
+                config_file.write_resolved(args.run_dir or REPO / "runs" / args.out.name, settings, command=command)
+            run_fit(*cfgs, out=args.out, run_dir=args.run_dir, beam_size=args.beam_size, with_blind=args.with_blind,
+                    resume=args.resume, device=args.device, progress=not args.no_progress, command=command,
+                    tensorboard=args.tensorboard)
+            if int(os.environ.get("RANK", "0")) == 0:
+                config_file.write_resolved(args.out, settings, command=command)
             if args.push_to_hub:
                 from sat.hub import push_to_hub
                 url = push_to_hub(args.out, args.push_to_hub, revision=args.hub_revision,
@@ -120,12 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pushed {args.out} to {args.push_to_hub}: {url}")
         elif args.cmd == "evaluate":
             run_evaluate(args.weights, _pick(DataConfig, args), split=args.split, beam_size=args.beam_size,
-                         json_out=args.json, device=args.device, progress=not args.no_progress)
+                         json_out=args.json, device=args.device, progress=not args.no_progress,
+                         length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
         elif args.cmd == "compare":
             from train.compare import run_compare
             run_compare(_pick(ModelConfig, args, DERIVED), _pick(TrainConfig, args), _pick(DataConfig, args), beam_size=args.beam_size,
                         only=args.only, out_dir=args.out_dir, device=args.device, progress=not args.no_progress,
                         command=command)
+        elif args.cmd == "score":
+            from train.score import run_score
+            run_score(dataset=args.dataset, data_root=args.data_root or None, captions=args.captions,
+                      split=args.split, annotations=args.annotations or None, seed=args.data_seed,
+                      json_out=args.json)
         elif args.cmd == "scenes":
             from train.pipeline import load_records
             records, root = load_records(_pick(DataConfig, args), progress=not args.no_progress)

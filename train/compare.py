@@ -16,17 +16,20 @@ from pathlib import Path
 
 import torch
 
+from sat.atomic import write_json
 from sat.config import ModelConfig
+from sat.device import resolve_device
 from sat.model import CaptionModel
+from sat.paths import REPO
 from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
 from train.loop import TrainConfig
-from train.metrics import CaptionScorer
-from train.pipeline import (REPO, TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config, device_from,
+from train.metrics import METRIC_KEYS, CaptionScorer
+from train.pipeline import (TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config,
                             fit_and_evaluate, prepare, ship, split_rows)
 from train.variants import VARIANTS, WARM_STARTS, variant_train_config, warm_schedule
 
-COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+COLUMNS = METRIC_KEYS
 
 
 def word_frequency_caption(captions: list[list[str]]) -> list[str]:
@@ -92,7 +95,7 @@ def run_compare(base: ModelConfig, tc: TrainConfig, dc: DataConfig, *, beam_size
                 device: str = "auto", progress: bool = True, command: str = "python -m train compare") -> list[dict]:
     runs = runs or REPO / "runs" / "compare"
     out_dir = out_dir or REPO / "assets"
-    dev = device_from(device)
+    dev = resolve_device(device)
     prep = prepare(dc, base, device=dev, progress=progress)
     names = only or list(VARIANTS) + ["word_frequency"]
     unknown = sorted(set(names) - set(VARIANTS) - {"word_frequency"})
@@ -166,7 +169,7 @@ def _warm_note(results: list[dict], tc: TrainConfig) -> str:
 
 def write_results(results: list[dict], out_dir: Path, *, command: str, tc: TrainConfig, base: ModelConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "results.json", results, indent=2)
     head = ["variant", *COLUMNS, "pointing", "chance", "params", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:

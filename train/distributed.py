@@ -24,6 +24,8 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from sat.device import resolve_device
+
 # NOTE: rank 0 alone validates and evaluates while the others wait in a collective; the default
 # timeout (10-30 min depending on backend) is too short for a large test split on one GPU.
 TIMEOUT = datetime.timedelta(hours=2)
@@ -83,7 +85,7 @@ def device_for(name: str, *, local_rank: int = 0, world: int = 1, cuda_available
 def init(device: str = "auto", environ: dict[str, str] | None = None) -> tuple[DistContext, torch.device]:
     """Start the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
     ctx = env_context(environ)
-    dev = device_for(device, local_rank=ctx.local_rank, world=ctx.world)
+    dev = resolve_device(device_for(device, local_rank=ctx.local_rank, world=ctx.world))  # NOTE: one-line error
     if ctx.active and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

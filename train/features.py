@@ -5,9 +5,11 @@
       progress.json   rows done so far + failed images (rewritten atomically after each flush)
       meta.json       written last: ids, shape, failed ids — its presence marks a complete cache
 
-The key hashes the encoder name, feature map, fine-tune split point, image size, resize mode,
-preprocessing version, the dataset root and the ordered image ids, so datasets and encoders never
-mix and a changed preprocessing never serves stale maps. A killed extraction resumes at the last
+The key hashes the backbone, its feature map, the weights' identity (a file hash or the Hub
+repo@commit), the fine-tune split point, the whole preprocessing (image size, resize mode, crop_pct,
+interpolation, mean/std; `sat.image.preprocess`), the preprocessing version, the dataset root and the
+ordered image ids, so datasets, encoders and weights never mix and a changed preprocessing never
+serves stale maps. A killed extraction resumes at the last
 flushed row; a cache without meta.json is never served. An unreadable image is skipped: its row
 stays zero, it is counted and listed in meta.json, and `valid` excludes it.
 
@@ -19,18 +21,22 @@ once every rank is done. The cache is the same file a single process writes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sat.encoder import PREPROCESS_VERSION, Encoder, ImageError, load_image, preprocess
+from sat.atomic import write_json
+from sat.encoder import Encoder
+from sat.image import PREPROCESS_VERSION, ImageError, load_image, preprocess
 from train import distributed as D
 
 META, PROGRESS, DATA = "meta.json", "progress.json", "features.f16"
@@ -59,24 +65,30 @@ class FeatureCache:
         return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def cache_key(encoder: Encoder, *, image_size: int, resize: str, dataset_root: str | Path,
-              ids: Sequence[str], bf16: bool = False) -> str:
+def _preprocessing(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The full keyword set of `preprocess` (defaults filled in), as the cache key sees it."""
+    full = {k: p.default for k, p in inspect.signature(preprocess).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}
+    unknown = set(preprocessing) - set(full)
+    if unknown:
+        raise ValueError(f"not preprocessing settings: {sorted(unknown)}")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in {**full, **preprocessing}.items()}
+
+
+def cache_key(encoder: Encoder, *, dataset_root: str | Path, ids: Sequence[str], bf16: bool = False,
+              **preprocessing: Any) -> str:
+    """`preprocessing`: the keyword arguments of `sat.image.preprocess` (image_size, resize, …)."""
     h = hashlib.sha256()
-    spec = {"encoder": encoder.name, "dim": encoder.dim, "stride": encoder.stride,
-            "finetune_blocks": encoder.finetune_blocks, "image_size": image_size, "resize": resize,
-            "preprocess": PREPROCESS_VERSION, "root": str(Path(dataset_root).resolve())}
+    pp = _preprocessing(preprocessing)
+    spec = {"encoder": encoder.name, "feature_map": encoder.feature_map, "weights": encoder.weights,
+            "dim": encoder.dim, "stride": encoder.stride, "finetune_blocks": encoder.finetune_blocks,
+            **pp, "preprocess": PREPROCESS_VERSION, "root": str(Path(dataset_root).resolve())}
     if bf16:  # NOTE: only when set, so the keys of existing fp32 caches stay what they were
         spec["bf16"] = True
     h.update(json.dumps(spec, sort_keys=True).encode())
     for i in ids:
         h.update(i.encode() + b"\0")
-    return f"{encoder.name}-{image_size}-{h.hexdigest()[:16]}"
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
+    return f"{encoder.name.replace(':', '-').replace('/', '-')}-{pp['image_size']}-{h.hexdigest()[:16]}"
 
 
 def open_cache(path: str | Path) -> FeatureCache | None:
@@ -89,9 +101,9 @@ def open_cache(path: str | Path) -> FeatureCache | None:
     return FeatureCache(path, meta["ids"], maps, meta["failed"])
 
 
-def _load(path: Path, image_size: int, resize: str) -> torch.Tensor | str:
+def _load(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor | str:
     try:
-        return preprocess(load_image(path), image_size=image_size, resize=resize)
+        return preprocess(load_image(path), **preprocessing)
     except ImageError as e:
         return str(e)
 
@@ -101,21 +113,60 @@ def progress_file(rank: int) -> str:
     return PROGRESS if rank == 0 else f"progress.rank{rank}.json"
 
 
-def _create_or_reuse(path: Path, shape: tuple[int, ...]) -> None:
-    """Rank 0: the data file at the right size (kept when it already is: its rows may be resumed)."""
+def _allocated(path: Path) -> int:
+    """Bytes the file system has actually given `path` (a fresh memmap is sparse: none)."""
+    try:
+        return path.stat().st_blocks * 512
+    except (OSError, AttributeError):
+        return 0
+
+
+def _check_space(path: Path, shape: tuple[int, ...]) -> int:
+    """Raise a one-line OSError unless the cache folder has room for the maps; returns their bytes.
+
+    NOTE: the data file is memory-mapped; a write into it on a full disk is a SIGBUS (the process
+    dies without a message), so the space is checked here and reserved in `_create_or_reuse`."""
     nbytes = int(np.prod(shape)) * 2
     data = path / DATA
-    if not data.is_file() or data.stat().st_size != nbytes:
-        for f in path.glob("progress*.json"):  # NOTE: progress of another shape means nothing now
-            f.unlink()
-        np.memmap(data, dtype=np.float16, mode="w+", shape=shape).flush()
+    have = _allocated(data) if data.is_file() and data.stat().st_size == nbytes else 0
+    free = shutil.disk_usage(path).free
+    if nbytes - have > free:
+        raise OSError(f"not enough space for the feature cache {data}: it needs {_mb(nbytes - have)} more "
+                      f"({_mb(nbytes)} in all, {shape[0]} images), {_mb(free)} free there; free some space "
+                      "or point --cache-dir elsewhere")
+    return nbytes
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB" if n >= 2**20 else f"{n / 1024:,.1f} KB"
+
+
+def _create_or_reuse(path: Path, shape: tuple[int, ...]) -> None:
+    """Rank 0: the data file at the right size (kept when it already is: its rows may be resumed),
+    its blocks reserved on disk (posix_fallocate) so that no later memory-mapped write can fail."""
+    nbytes = int(np.prod(shape)) * 2
+    data = path / DATA
+    try:
+        if not data.is_file() or data.stat().st_size != nbytes:
+            for f in path.glob("progress*.json"):  # NOTE: progress of another shape means nothing now
+                f.unlink()
+            np.memmap(data, dtype=np.float16, mode="w+", shape=shape).flush()
+        if hasattr(os, "posix_fallocate"):
+            with open(data, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+    except OSError as e:
+        raise OSError(f"could not create the feature cache {data} ({_mb(nbytes)} needed): "
+                      f"{e.strerror or e}") from None
 
 
 def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder: Encoder,
-                     image_size: int, resize: str, dataset_root: str | Path, cache_dir: str | Path,
-                     batch_size: int = 32, device: torch.device | str = "cpu",
-                     progress: bool = True, bf16: bool = False) -> FeatureCache:
+                     dataset_root: str | Path, cache_dir: str | Path, batch_size: int = 32,
+                     device: torch.device | str = "cpu", progress: bool = True, bf16: bool = False,
+                     **preprocessing: Any) -> FeatureCache:
     """Return the cache for these images, extracting (or resuming) what is missing.
+
+    `preprocessing`: the keyword arguments of `sat.image.preprocess` (image_size, resize, crop_pct,
+    interpolation, mean, std; `ModelConfig.preprocessing`), all part of the cache key.
 
     `bf16` runs the encoder under bfloat16 autocast (a separate cache: the maps differ slightly;
     bench/ reports the speed-up and the drift on this machine).
@@ -124,8 +175,8 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     """
     if len(paths) != len(ids) or len(set(ids)) != len(ids):
         raise ValueError("paths and ids must have the same length and ids must be unique")
-    path = Path(cache_dir) / cache_key(encoder, image_size=image_size, resize=resize,
-                                       dataset_root=dataset_root, ids=ids, bf16=bf16)
+    path = Path(cache_dir) / cache_key(encoder, dataset_root=dataset_root, ids=ids, bf16=bf16, **preprocessing)
+    image_size = _preprocessing(preprocessing)["image_size"]
     cache = open_cache(path)
     if cache is not None:
         return cache
@@ -136,6 +187,7 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     with torch.inference_mode():
         probe = encoder.encode_trunk(torch.zeros(1, 3, image_size, image_size, device=device))
     shape = (len(ids), *probe.shape[1:])  # (N, C, h, w)
+    nbytes = _check_space(path, shape)  # NOTE: on every rank, so none waits for a rank that failed
     if ctx.is_main:
         _create_or_reuse(path, shape)
     D.barrier()
@@ -151,7 +203,7 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     # NOTE: a thread decodes the next batch while the encoder runs on the current one.
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         def submit(start: int):
-            return pool.submit(lambda: [_load(Path(paths[i]), image_size, resize)
+            return pool.submit(lambda: [_load(Path(paths[i]), preprocessing)
                                         for i in mine[start:start + batch_size]])
         pending = submit(done) if done < len(mine) else None
         for start in range(done, len(mine), batch_size):
@@ -169,13 +221,17 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
                 with D.autocast(x.device, bf16):
                     fmap = encoder.encode_trunk(x)
                 block[ok] = fmap.float().cpu().numpy().astype(np.float16)
-            if ctx.world == 1:
-                maps[rows[0]:rows[-1] + 1] = block  # contiguous rows: a plain slice write
-            else:
-                maps[np.asarray(rows)] = block
-            maps.flush()
-            _write_json(prog_path, {"done": start + len(items), "shape": list(shape), "failed": failed,
-                                    "world": ctx.world})
+            try:
+                if ctx.world == 1:
+                    maps[rows[0]:rows[-1] + 1] = block  # contiguous rows: a plain slice write
+                else:
+                    maps[np.asarray(rows)] = block
+                maps.flush()
+                write_json(prog_path, {"done": start + len(items), "shape": list(shape), "failed": failed,
+                                        "world": ctx.world})
+            except OSError as e:
+                raise OSError(f"writing the feature cache {path} failed ({_mb(nbytes)} needed, "
+                              f"{_mb(shutil.disk_usage(path).free)} free): {e.strerror or e}") from None
             bar.update(len(items))
     bar.close()
     del maps
@@ -184,7 +240,8 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
         all_failed.update(part)
     if ctx.is_main:
         failed_in_order = {k: all_failed[k] for k in ids if k in all_failed}
-        _write_json(path / META, {"ids": list(ids), "shape": list(shape), "failed": failed_in_order,
-                                  "encoder": encoder.name, "image_size": image_size, "resize": resize})
+        write_json(path / META, {"ids": list(ids), "shape": list(shape), "failed": failed_in_order,
+                                  "encoder": encoder.name, "feature_map": encoder.feature_map,
+                                  "weights": encoder.weights, "preprocessing": _preprocessing(preprocessing)})
     D.barrier()
     return open_cache(path)

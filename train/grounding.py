@@ -175,7 +175,8 @@ def _mean(xs: list[float]) -> float:
 def grounding_scores(captions: Sequence[tuple[Sequence[str], np.ndarray]],
                      objects: Sequence[Sequence[dict[str, Any]]], masks: Sequence[np.ndarray], *,
                      image_size: int, resize: str = "crop", sigma: float | None = None,
-                     smooth: float = DEFAULT_SMOOTH, border: str = "cell") -> dict[str, float | int]:
+                     smooth: float = DEFAULT_SMOOTH, border: str = "cell",
+                     crop_pct: float = 1.0) -> dict[str, float | int]:
     """Pointing and mass over every grounded object word of every caption (micro-averaged).
 
     ``captions[i]`` = (tokens, attention (T, h, w)) for image i, whose objects and (H, W) mask are
@@ -194,7 +195,7 @@ def grounding_scores(captions: Sequence[tuple[Sequence[str], np.ndarray]],
             if t not in cache:
                 cache[t] = upsample_attention(att[t], size=(W, H), resize=resize,
                                               image_size=image_size, sigma=sigma, smooth=smooth,
-                                              border=border)
+                                              border=border, crop_pct=crop_pct)
             return cache[t]
 
         for word, union in _referred(tokens, objs, mask):

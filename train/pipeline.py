@@ -7,8 +7,6 @@ of each global batch, and rank 0 alone evaluates and writes the weights folder.
 """
 from __future__ import annotations
 
-import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,21 +15,22 @@ import contextlib
 
 import torch
 
+from sat.atomic import write_json
 from sat.config import ModelConfig
-from sat.encoder import create_encoder
+from sat.device import resolve_device
+from sat.encoder import Encoder, create_encoder
 from sat.model import CaptionModel
+from sat.paths import REPO
 from sat.vocab import Vocab
 from sat.weights import save_weights
 from train.data.karpathy import ImageRecord, load_karpathy
 from train import distributed as D
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
+from train.card import model_card
 from train.loop import CaptionData, TrainConfig, fit
 from train.metrics import CaptionScorer
 from train.variants import VARIANTS, WARM_STARTS, resolve_init, variant_train_config, warm_start
-
-REPO = Path(__file__).resolve().parent.parent
-METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,6 @@ class DataConfig:
     CUDA; the maps drift slightly, see bench/results.md; a separate cache)."""
 
 
-def device_from(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_records(dc: DataConfig, *, progress: bool = True) -> tuple[list[ImageRecord], Path]:
     """Records of every split, and the dataset root (generating the scenes when needed)."""
     if dc.dataset == "scenes":
@@ -87,13 +80,36 @@ def load_records(dc: DataConfig, *, progress: bool = True) -> tuple[list[ImageRe
     return loaded.records, loaded.root
 
 
+def encoder_config(cfg: ModelConfig, *, pretrained: bool = True) -> tuple[Encoder, ModelConfig]:
+    """Build cfg's encoder and fill in what it fixes: the preprocessing of its pretrained config
+    (`image_size` when 0, crop_pct, interpolation, mean, std), D and the grid."""
+    enc = create_encoder(cfg.encoder, feature_map=cfg.feature_map, pretrained=pretrained,
+                         finetune_blocks=cfg.finetune_blocks)
+    data = enc.data_config
+    size = cfg.image_size or int(data["input_size"][-1])
+    cfg = cfg.replace(image_size=size, crop_pct=float(data["crop_pct"]), interpolation=str(data["interpolation"]),
+                      mean=tuple(float(m) for m in data["mean"]), std=tuple(float(s) for s in data["std"]),
+                      encoder_dim=enc.dim, grid=enc.grid(size))
+    return enc, cfg
+
+
+def describe_encoder(cfg: ModelConfig, enc: Encoder) -> str:
+    """One line: the encoder, its map (grid, D) and the preprocessing, printed when a run starts."""
+    (h, w), r = cfg.grid, lambda xs: "(" + ", ".join(f"{x:.3g}" for x in xs) + ")"
+    return (f"encoder {cfg.encoder}: feature map {cfg.feature_map} → grid {h}×{w}, D {cfg.encoder_dim}, "
+            f"preprocessing {cfg.image_size} px {cfg.resize} (crop_pct {cfg.crop_pct:g}), {cfg.interpolation}, "
+            f"mean {r(cfg.mean)}, std {r(cfg.std)}; weights {enc.weights}")
+
+
 def features_for(records: list[ImageRecord], root: Path, cfg: ModelConfig, dc: DataConfig, *,
-                 device: torch.device, progress: bool = True) -> FeatureCache:
-    encoder = create_encoder(cfg.encoder, feature_map=cfg.feature_map, finetune_blocks=cfg.finetune_blocks)
+                 device: torch.device, progress: bool = True, encoder: Encoder | None = None) -> FeatureCache:
+    """The feature cache of these records for cfg's encoder and preprocessing (`cfg.preprocessing`)."""
+    if encoder is None:
+        encoder = create_encoder(cfg.encoder, feature_map=cfg.feature_map, finetune_blocks=cfg.finetune_blocks)
     cache_dir = Path(dc.cache_dir) if dc.cache_dir else REPO / "cache" / "features"
     return extract_features([r.path for r in records], [r.image_id for r in records], encoder=encoder,
-                            image_size=cfg.image_size, resize=cfg.resize, dataset_root=root,
-                            cache_dir=cache_dir, device=device, progress=progress, bf16=dc.encoder_bf16)
+                            dataset_root=root, cache_dir=cache_dir, device=device, progress=progress,
+                            bf16=dc.encoder_bf16, **cfg.preprocessing)
 
 
 def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> list[int]:
@@ -103,12 +119,17 @@ def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> l
 
 
 def caption_data(records: list[ImageRecord], cache: FeatureCache, vocab: Vocab) -> CaptionData:
-    """All (image, caption) pairs of the training split, captions encoded and padded."""
+    """All (image, caption) pairs of the training split, captions encoded and padded.
+
+    Captions longer than `vocab.max_len` words are left out (`prepare` counts them): cut short,
+    their `<end>` would teach the model to stop mid-sentence."""
     rows, caps = [], []
     by_id = {r.image_id: r for r in records}
     train_rows = split_rows(records, cache, "train")
     for new_row, row in enumerate(train_rows):
         for tokens in by_id[cache.ids[row]].captions:
+            if len(tokens) > vocab.max_len:
+                continue
             rows.append(new_row)
             caps.append(vocab.encode(list(tokens)))
     width = max(len(c) for c in caps)
@@ -125,17 +146,20 @@ def build_model(cfg: ModelConfig, *, seed: int) -> CaptionModel:
 
 
 def complete_config(cfg: ModelConfig, vocab: Vocab, cache: FeatureCache) -> ModelConfig:
-    """Fill the fields fixed by the data: vocabulary size, D and the grid."""
-    enc = create_encoder(cfg.encoder, feature_map=cfg.feature_map, pretrained=False,
-                         finetune_blocks=cfg.finetune_blocks)
-    grid = enc.grid(cfg.image_size)
-    return cfg.replace(vocab_size=len(vocab), encoder_dim=enc.dim, grid=grid, max_len=vocab.max_len)
+    """Fill the fields fixed by the data and the encoder: vocabulary size, D, the grid and the
+    preprocessing (`encoder_config`; the same values `prepare` extracted the features with)."""
+    _, cfg = encoder_config(cfg, pretrained=False)
+    if tuple(cache.maps.shape[2:]) != cfg.grid and cfg.finetune_blocks == 0:
+        raise ValueError(f"the feature cache holds {tuple(cache.maps.shape[2:])} maps but {cfg.encoder} "
+                         f"({cfg.feature_map}) gives {cfg.grid}")
+    return cfg.replace(vocab_size=len(vocab), max_len=vocab.max_len)
 
 
 def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: list[ImageRecord],
               cache: FeatureCache, vocab: Vocab, run_dir: Path, device: torch.device, resume: bool,
-              progress: bool) -> tuple[CaptionModel, list[dict], float]:
-    """Fit one model; returns it (best epoch loaded), its history and the wall time in seconds."""
+              progress: bool, tensorboard: Path | None = None) -> tuple[CaptionModel, list[dict], float]:
+    """Fit one model; returns it (best epoch loaded), its history and the wall time in seconds.
+    With `tensorboard`, rank 0 also logs each epoch there (train/tblog.py)."""
     data = caption_data(records, cache, vocab)
     val_rows = split_rows(records, cache, "val")[: dc.val_images]
     by_id = {r.image_id: r for r in records}
@@ -157,15 +181,25 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
     if ctx.is_main:
         print(f"training {'blind ' if cfg.blind else ''}{cfg.attention}/{cfg.decoder}: {n_params / 1e6:.2f} M "
               f"trainable parameters, {len(data)} pairs, {len(val_rows)} val images, device {device}")
+    log = None
+    if tensorboard is not None and ctx.is_main:
+        from train.tblog import TensorBoardLog
+        log = TensorBoardLog(tensorboard, vocab=vocab, maps=val_maps[:4], device=device,
+                             images=[by_id[cache.ids[i]].path for i in val_rows[:4]])
     t0 = time.time()
-    history = fit(model, data=data, validate=validate, out_dir=run_dir, config=tc, pad_id=vocab.pad_id,
-                  resume=resume, device=device, progress=progress)
+    try:
+        history = fit(model, data=data, validate=validate, out_dir=run_dir, config=tc, pad_id=vocab.pad_id,
+                      resume=resume, device=device, progress=progress, on_epoch=log)
+    finally:
+        if log is not None:
+            log.close()
     return model, history, time.time() - t0
 
 
 def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], cache: FeatureCache, *,
                 split: str, beam_size: int, device: torch.device, progress: bool = True,
-                root: Path | None = None, scorer: CaptionScorer | None = None) -> dict:
+                root: Path | None = None, scorer: CaptionScorer | None = None, length_penalty: float = 0.0,
+                no_repeat_ngram_size: int = 0) -> dict:
     """Official metrics on a split; plus grounding when the records carry object masks (scenes)."""
     rows = split_rows(records, cache, split)
     if not rows:
@@ -178,59 +212,9 @@ def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], c
         truth = [load_scene_truth(r.extra, root) for r in recs]
     metrics, _ = score_split(model, vocab, cache.tensor(rows), [list(r.raw) for r in recs], beam_size=beam_size,
                              device=device, progress=progress, ids=[r.image_id for r in recs], truth=truth,
-                             scorer=scorer)
+                             scorer=scorer, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     metrics["split"] = split
     return metrics
-
-
-def _attention_line(cfg: ModelConfig) -> str:
-    if cfg.attention == "hard":
-        return (f"- Attention: hard (stochastic, Xu et al. §4.1): trained with REINFORCE on sampled locations "
-                f"(reward {'log p of the words from t on' if cfg.hard_reward == 'to_go' else 'log p(y) of the caption'}"
-                f" (`hard_reward: {cfg.hard_reward}`), moving-average baseline per position, λ_r {cfg.hard_reinforce} "
-                f"per token, entropy bonus λ_e {cfg.hard_entropy}, "
-                f"half the batches on the expected context); at test time the context is the "
-                f"**{cfg.hard_test_rule}** location rule (`hard_test_rule` in config.json: 'argmax' or "
-                f"'expectation'). The map shown per word is α_t.\n")
-    return f"- Attention: {cfg.attention}; the map shown per word is α_t.\n"
-
-
-def _init_line(tc: TrainConfig) -> str:
-    if not tc.init_from:
-        return ""
-    return f"- Initialised from the weights in `{tc.init_from}` (warm start), then trained as below.\n"
-
-
-def _grounding_line(metrics: dict) -> str:
-    g = metrics.get("grounding")
-    if not g:
-        return ""
-    return (f"\nWhere it looks (object words of the generated test captions, `train/grounding.py`): pointing "
-            f"{g['pointing']:.3f} (uniform chance {g['chance_pointing']:.3f}), mass {g['mass']:.3f} "
-            f"(chance {g['chance_mass']:.3f}) over {g['n_words']} words.\n")
-
-
-def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: dict, history: list[dict],
-               seconds: float, command: str, counts: dict[str, int]) -> str:
-    rows = [("this model", metrics)] + ([("blind baseline", metrics["blind"])] if "blind" in metrics else [])
-    table = "| model | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---|" * len(METRIC_KEYS) + "\n"
-    for name, m in rows:
-        table += f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRIC_KEYS) + " |\n"
-    synthetic = dc.dataset == "scenes"
-    warning = ("**Trained on synthetic scenes** (coloured shapes on plain backgrounds, generated by "
-               "`train/data/scenes.py`): it describes shapes, colours, sizes and their layout, and is "
-               "*not* a model of real photos.\n\n") if synthetic else ""
-    return f"""# SAT Studio weights: {cfg.attention} attention, {cfg.decoder.upper()} decoder
-
-{warning}- Data: `{dc.dataset}` ({', '.join(f'{k} {v}' for k, v in counts.items())} images); vocabulary {cfg.vocab_size} tokens (min count {dc.min_freq}), captions ≤ {cfg.max_len} words.
-- Encoder: `{cfg.encoder}` ({cfg.feature_map} feature map, {cfg.grid[0]}×{cfg.grid[1]}×{cfg.encoder_dim}, {cfg.image_size} px, {cfg.resize}), ImageNet weights, {"frozen" if not cfg.finetune_blocks else f"last {cfg.finetune_blocks} blocks fine-tuned"}.
-- Decoder: {cfg.decoder.upper()}, embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}, h₀/c₀ from {cfg.init_state}.
-{_attention_line(cfg)}{_init_line(tc)}- Training: {len(history)} epochs (best by validation BLEU-4 of greedy captions), batch {tc.batch_size}, Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
-- Test split, beam {metrics['beam_size']}, {metrics['n_images']} images (official COCO caption metrics, pycocoevalcap):
-
-{table}{_grounding_line(metrics)}
-Produced by: `{command}`
-"""
 
 
 def save_run(folder: Path, model: CaptionModel, vocab: Vocab, metrics: dict, card: str) -> None:
@@ -266,9 +250,14 @@ def prepare(dc: DataConfig, cfg: ModelConfig, *, device: torch.device, progress:
     vocab = Vocab.build((c for r in records if r.split == "train" for c in r.captions),
                         min_freq=dc.min_freq, max_len=cfg.max_len)
     main_rank = D.current().is_main
+    too_long = sum(len(c) > vocab.max_len for r in records if r.split == "train" for c in r.captions)
     if main_rank:
-        print(f"dataset {dc.dataset} at {root}: {counts}, vocabulary {len(vocab)}")
-    cache = features_for(records, root, cfg, dc, device=device, progress=progress)
+        print(f"dataset {dc.dataset} at {root}: {counts}, vocabulary {len(vocab)}, {too_long} training "
+              f"captions over {vocab.max_len} words left out")
+    encoder, full = encoder_config(cfg)
+    if main_rank:
+        print(describe_encoder(full, encoder))
+    cache = features_for(records, root, full, dc, device=device, progress=progress, encoder=encoder)
     if cache.failed and main_rank:
         print(f"skipped {len(cache.failed)} unreadable images, e.g. {next(iter(cache.failed.values()))}")
     return Prepared(dc, records, root, vocab, cache, counts)
@@ -276,12 +265,13 @@ def prepare(dc: DataConfig, cfg: ModelConfig, *, device: torch.device, progress:
 
 def fit_and_evaluate(prep: Prepared, cfg: ModelConfig, tc: TrainConfig, *, run_dir: Path, beam_size: int,
                      device: torch.device, resume: bool = False, progress: bool = True,
-                     scorer: CaptionScorer | None = None) -> Trained:
+                     scorer: CaptionScorer | None = None, tensorboard: Path | None = None) -> Trained:
     """Train one model on the prepared data and score it on the test split (rank 0 only under torchrun:
     the other ranks return empty metrics)."""
     cfg = complete_config(cfg, prep.vocab, prep.cache)
     model, history, secs = train_one(cfg, tc, prep.dc, records=prep.records, cache=prep.cache, vocab=prep.vocab,
-                                     run_dir=run_dir, device=device, resume=resume, progress=progress)
+                                     run_dir=run_dir, device=device, resume=resume, progress=progress,
+                                     tensorboard=tensorboard)
     if not D.current().is_main:
         return Trained(model, tc, history, secs, {})
     metrics = evaluate_on(model, prep.vocab, prep.records, prep.cache, split="test", beam_size=beam_size,
@@ -301,14 +291,15 @@ def ship(out: Path, t: Trained, prep: Prepared, *, command: str) -> None:
     card = model_card(cfg=t.model.config, tc=t.tc, dc=prep.dc, metrics=t.metrics, history=t.history,
                       seconds=t.seconds, command=command, counts=prep.counts)
     save_run(out, t.model, prep.vocab, t.metrics, card)
-    (out / TRAIN_CONFIG_FILE).write_text(json.dumps(asdict(t.tc), indent=2) + "\n", encoding="utf-8")
+    write_json(out / TRAIN_CONFIG_FILE, asdict(t.tc), indent=2)
 
 
 def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,
             beam_size: int = 3, with_blind: bool = False, blind_epochs: int | None = None,
             resume: bool = False, device: str = "auto", progress: bool = True,
-            command: str = "python -m train") -> dict:
-    """Train (and the blind baseline when asked), evaluate on test, write the weights folder.
+            command: str = "python -m train", tensorboard: Path | None = None) -> dict:
+    """Train (and the blind baseline when asked), evaluate on test, write the weights folder;
+    `tensorboard`: a TensorBoard log folder (the blind baseline's in its `blind/` subfolder).
 
     Launched by torchrun, this process is one rank (see `train.distributed.init`)."""
     t_start = time.time()
@@ -316,14 +307,14 @@ def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run
     try:
         return _run_fit(cfg, tc, dc, out=out, run_dir=run_dir, beam_size=beam_size, with_blind=with_blind,
                         blind_epochs=blind_epochs, resume=resume, dev=dev, progress=progress, command=command,
-                        t_start=t_start)
+                        t_start=t_start, tensorboard=tensorboard)
     finally:
         D.shutdown()
 
 
 def _run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None,
              beam_size: int, with_blind: bool, blind_epochs: int | None, resume: bool, dev: torch.device,
-             progress: bool, command: str, t_start: float) -> dict:
+             progress: bool, command: str, t_start: float, tensorboard: Path | None = None) -> dict:
     main_rank = D.current().is_main
     progress = progress and main_rank
     prep = prepare(dc, cfg, device=dev, progress=progress)
@@ -331,12 +322,13 @@ def _run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, ru
     # NOTE: the scorer starts Java (METEOR); only rank 0 scores anything
     with (CaptionScorer() if main_rank else contextlib.nullcontext()) as scorer:
         main = fit_and_evaluate(prep, cfg, tc, run_dir=run_dir, beam_size=beam_size, device=dev, resume=resume,
-                                progress=progress, scorer=scorer)
+                                progress=progress, scorer=scorer, tensorboard=tensorboard)
         if with_blind:
             btc = TrainConfig(**{**asdict(tc), "epochs": blind_epochs or tc.epochs})
             blind = fit_and_evaluate(prep, cfg.replace(blind=True), btc, beam_size=beam_size, device=dev,
                                      run_dir=run_dir.with_name(run_dir.name + "-blind"), resume=resume,
-                                     progress=progress, scorer=scorer)
+                                     progress=progress, scorer=scorer,
+                                     tensorboard=tensorboard / "blind" if tensorboard else None)
             main.metrics["blind"] = blind.metrics
     if not main_rank:
         return {}
@@ -351,7 +343,7 @@ def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_ro
                 command: str = "python -m train") -> dict[str, dict]:
     """The bundled weights: soft and hard attention (LSTM) plus the blind baseline, one data pass."""
     t_start = time.time()
-    dev = device_from(device)
+    dev = resolve_device(device)
     prep = prepare(dc, cfg, device=dev, progress=progress)
     trained = {}
     with CaptionScorer() as scorer:
@@ -371,16 +363,18 @@ def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_ro
     return {name: t.metrics for name, t in trained.items()}
 
 
-def run_evaluate(weights: Path, dc: DataConfig, *, split: str = "test", beam_size: int = 3,
-                 json_out: Path | None = None, device: str = "auto", progress: bool = True) -> dict:
-    """Evaluate a weights folder on a dataset split with the official metrics."""
+def run_evaluate(weights: str | Path, dc: DataConfig, *, split: str = "test", beam_size: int = 3,
+                 json_out: Path | None = None, device: str = "auto", progress: bool = True,
+                 length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> dict:
+    """Evaluate a weights folder (or hf://owner/repo[@revision]) on a dataset split with the official metrics."""
     from sat.captioner import Captioner
-    dev = device_from(device)
+    dev = resolve_device(device)
     cap = Captioner.load(weights, device=dev)
     records, root = load_records(dc, progress=progress)
-    cache = features_for(records, root, cap.config, dc, device=dev, progress=progress)
+    cache = features_for(records, root, cap.config, dc, device=dev, progress=progress, encoder=cap.encoder)
     metrics = evaluate_on(cap.model, cap.vocab, records, cache, split=split, beam_size=beam_size,
-                          device=dev, progress=progress, root=root)
+                          device=dev, progress=progress, root=root, length_penalty=length_penalty,
+                          no_repeat_ngram_size=no_repeat_ngram_size)
     metrics["dataset"] = dc.dataset
     write_metrics(metrics, json_out)
     return metrics

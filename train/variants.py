@@ -10,12 +10,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sat.model import CaptionModel
+from sat.paths import REPO
 from sat.vocab import Vocab
 from sat.weights import WeightsError, load_into, read_weights
 from train import distributed as D
 from train.loop import TrainConfig
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 # Every variant of `python -m train compare`, as changes to the base model config; the default run

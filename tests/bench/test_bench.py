@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ import torch
 from bench.reference import TutorialDecoder
 from bench.report import KEYS, PARTS
 from bench.training import TrainShape, build_pair, make_batches
-
-REPO = Path(__file__).resolve().parents[2]
+from sat.paths import REPO
 SHAPE = TrainShape(batch=7, vocab=30, embed=12, attention=10, decoder=14, encoder_dim=16, grid=(2, 3),
                    min_words=2, max_words=7, dropout=0.0)
 
@@ -26,6 +24,7 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("sort", [True, False])
+@pytest.mark.slow
 def test_reference_decoder_computes_our_loss_and_gradients(sort):
     ours, ref = build_pair(SHAPE, seed=1)
     fmap, caps = make_batches(SHAPE, 1, seed=2)[0]
@@ -64,6 +63,7 @@ def test_loading_weights_with_other_names_is_refused():
         ref.load_from(ours.decoder)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_complete_results(tmp_path):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out-dir", str(tmp_path)], cwd=REPO,
@@ -123,14 +123,14 @@ def test_tutorial_beam_of_one_is_our_greedy_search():
 @pytest.mark.parametrize("beam", [2, 4])
 def test_tutorial_beam_returns_a_finished_caption_scored_by_the_model(beam):
     """Its score is the model's own log-probability of the caption it returns; the caption ends with
-    <end> and never holds <pad>/<start>; and it mostly agrees with our batched search (the two differ
+    <end> or is cut at max_len, and never holds <pad>/<start>; and it mostly agrees with our batched search (the two differ
     only in how finished beams compete: the tutorial shrinks k, ours keeps them in the top K)."""
     from sat.search import beam_search
     ours, ref, feats = _tutorial_and_ours(seed=4)
     agree = 0
     for i in range(feats.size(0)):
         tokens, score = ref.beam_search_one(feats[i:i + 1], beam_size=beam, max_len=4)
-        assert tokens[-1] == 2 and 0 not in tokens and 1 not in tokens and len(tokens) <= 5
+        assert (tokens[-1] == 2 or len(tokens) == 4) and 0 not in tokens and 1 not in tokens and len(tokens) <= 5
         inputs = torch.tensor([[1] + tokens[:-1]])
         logits, _, _ = ours.decoder(feats[i:i + 1], inputs)
         # NOTE: search scores with the full softmax's log p (pad/start masked, not renormalised)

@@ -73,7 +73,8 @@ def test_doubly_stochastic_term_matches_its_formula():
     l1, st1 = model.loss(fmap, caps, alpha_c=1.0)
     _, alphas, _ = model.decoder(model.annotations(fmap), caps[:, :-1])  # (B, T, L)
     mask = (caps[:, 1:] != 0).float().unsqueeze(-1)
-    expected = ((1 - (alphas * mask).sum(1)) ** 2).sum(1).mean()
+    # averaged over the B·L locations (the paper sums over L; see sat.attention.doubly_stochastic)
+    expected = ((1 - (alphas * mask).sum(1)) ** 2).sum(1).mean() / alphas.shape[-1]
     assert st1["att_reg"] == pytest.approx(expected.item(), rel=1e-5)
     assert (l1 - l0).item() == pytest.approx(expected.item(), rel=1e-4)
 

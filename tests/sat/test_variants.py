@@ -43,7 +43,11 @@ def test_trains_and_decodes_through_one_api(attention, decoder):
         assert x.tokens == y.tokens
         assert z.alphas.shape == (len(z.tokens), 6)
         assert torch.allclose(z.alphas.sum(-1), torch.ones(len(z.tokens)), atol=1e-5)
-        assert z.logprob >= x.logprob - 1e-5  # a wider beam never finds a worse caption here
+        if not (x.truncated or z.truncated):
+            # NOTE: a caption cut at max_len carries no <end> in its log p (sat/search.py), so cut and
+            # ended captions are not comparable this way; tests/sat/test_search.py checks beam against
+            # brute force for both.
+            assert z.logprob >= x.logprob - 1e-5  # a wider beam never finds a worse caption here
 
 
 @pytest.mark.parametrize("attention,decoder", [c for c in COMBOS if c[0] != "hard"])
@@ -94,6 +98,7 @@ def test_hard_attention_samples_in_training_and_takes_the_argmax_at_test():
     assert torch.allclose(ctx, torch.bmm(alpha[:, None], feats)[:, 0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_hard_attention_reinforce_gradient_entropy_and_baseline():
     torch.manual_seed(0)
     model = CaptionModel(cfg("hard"))

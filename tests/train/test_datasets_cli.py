@@ -33,6 +33,7 @@ def _common(name: str, root: Path, tmp: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
+@pytest.mark.slow
 def test_fit_on_each_layout(name: str, tmp_path: Path, capsys) -> None:
     root = tmp_path / name
     LAYOUTS[name](root)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from sat.paths import REPO
 from train import distributed as D
 from train.loop import TrainConfig
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-REPO = WORKER.parents[2]
 
 
 def launch(nproc: int, *args: str) -> None:
@@ -61,6 +61,7 @@ def test_shards_of_a_global_batch_are_exactly_that_batch(world):
     assert sorted(sum(rows, [])) == list(range(11))
 
 
+@pytest.mark.slow
 def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     from tests.train.dist_worker import toy_data
     from train.loop import fit
@@ -86,6 +87,7 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     assert np.isfinite(b) and a != b and abs(a - b) < 0.05 * a  # bf16 really ran, and stayed close
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_like_one_process(tmp_path):
     launch(1, "fit", str(tmp_path / "one"))
     launch(2, "fit", str(tmp_path / "two"))
@@ -109,6 +111,7 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path):
         p.name for p in (tmp_path / "one" / "run").iterdir())  # rank 0 wrote the same files
 
 
+@pytest.mark.slow
 def test_hard_attention_ranks_stay_in_step(tmp_path):
     # NOTE: hard attention samples differ per rank (and from one process), so only agreement
     # between the ranks is checked here, plus that differing per-rank stats do not hang the run.
@@ -128,6 +131,7 @@ def _images(folder: Path, n: int, broken: set[int]) -> None:
             Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(p)
 
 
+@pytest.mark.slow
 def test_sharded_feature_extraction_equals_one_process(tmp_path):
     _images(tmp_path / "imgs", 9, broken={4, 7})
     launch(1, "features", str(tmp_path / "one"), str(tmp_path / "imgs"), str(tmp_path / "cache1"))
@@ -145,6 +149,7 @@ def test_sharded_feature_extraction_equals_one_process(tmp_path):
     assert served is not None and np.array_equal(np.asarray(served.maps), one["maps"].numpy())
 
 
+@pytest.mark.slow
 def test_torchrun_cli_fit_writes_one_weights_folder(tmp_path):
     """`torchrun -m train fit` end to end: scenes written once, features sharded, rank 0 alone
     evaluates and writes the weights; `--batch-size` is the global batch."""

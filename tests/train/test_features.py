@@ -105,3 +105,30 @@ def test_bf16_extraction_is_a_separate_cache_close_to_fp32(tmp_path):
     a, b = np.asarray(fp32.maps, dtype=np.float32), np.asarray(bf16.maps, dtype=np.float32)
     assert not np.array_equal(a, b)  # bf16 really ran
     assert np.abs(a - b).mean() < 0.02 * np.abs(a).mean() + 1e-3
+
+
+def test_a_full_disk_is_refused_before_writing_with_one_line(tmp_path, monkeypatch):
+    paths = make_images(tmp_path / "imgs", 5)
+    real = F.shutil.disk_usage
+    monkeypatch.setattr(F.shutil, "disk_usage", lambda p: real(p)._replace(free=100))
+    with pytest.raises(OSError) as e:
+        extract(paths, tmp_path / "imgs", tmp_path / "cache")
+    msg = str(e.value)
+    assert "\n" not in msg and F.DATA in msg
+    assert "needs 0.6 KB more" in msg and "5 images" in msg, msg  # 5·16·2·2·2 bytes = 640 B
+    assert not list((tmp_path / "cache").glob(f"*/{F.DATA}"))  # nothing memory-mapped on a full disk
+
+
+def test_space_that_cannot_be_reserved_is_one_line(tmp_path, monkeypatch):
+    paths = make_images(tmp_path / "imgs", 4)
+
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(F.os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(OSError) as e:
+        extract(paths, tmp_path / "imgs", tmp_path / "cache")
+    msg = str(e.value)
+    assert "\n" not in msg and F.DATA in msg and "needed" in msg and "No space left" in msg, msg
+    monkeypatch.undo()  # space again: the same call builds the cache
+    assert extract(paths, tmp_path / "imgs", tmp_path / "cache").maps.shape[0] == 4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data.scene_grammar import tokenize
+from sat.vocab import tokenize
 from train.data.scenes import render_scene
 from train.grounding import (ObjectWord, boxes_to_mask, find_object_words, ground_span,
                              ground_word, grounding_scores, load_scene_truth, phrase_span,

@@ -56,7 +56,7 @@ COCO = {
             "split": "val",
             "cocoid": 42,
             "sentids": [5],
-            "sentences": [_sent("!!!", tokens=[])],  # no usable caption -> skipped
+            "sentences": [_sent(". , !", tokens=[])],  # no usable caption -> skipped
         },
     ],
 }
@@ -106,10 +106,11 @@ def test_image_root_override(tmp_path: Path) -> None:
     assert records[2].path == root / "train2014" / "COCO_train2014_000000000009.jpg"
 
 
-def test_normalisation_and_raw(tmp_path: Path) -> None:
+def test_tokenization_and_raw(tmp_path: Path) -> None:
     records = load_karpathy(_write(tmp_path, COCO))
     first = records[0]
-    assert first.captions == (("a", "mans", "bike", "parked"), ("well", "lit", "street", "at", "night"))
+    # the official PTB rule (sat.vocab.tokenize): clitics split, hyphenated words kept
+    assert first.captions == (("a", "man", "'s", "bike", "parked"), ("well-lit", "street", "at", "night"))
     assert first.raw == ("A man's bike, parked.", "Well-lit street at NIGHT")
     # the empty caption is dropped from both captions and raw, which stay aligned
     third = records[2]

@@ -41,6 +41,7 @@ def run(tmp, epochs, *, resume=False, m=None, **kw):
     return m, hist
 
 
+@pytest.mark.slow
 def test_loss_falls_and_files_are_written(tmp_path):
     _, hist = run(tmp_path, 6)
     assert hist[-1]["train_xent"] < 0.6 * hist[0]["train_xent"]
@@ -49,6 +50,7 @@ def test_loss_falls_and_files_are_written(tmp_path):
     assert len(json.loads((tmp_path / "history.json").read_text())) == 6
 
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     full, h_full = run(tmp_path / "full", 4)
     run(tmp_path / "cut", 2)
@@ -59,6 +61,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+@pytest.mark.slow
 def test_early_stopping_and_best_weights_restored(tmp_path):
     m, hist = run(tmp_path, 10, early_stop=2, scores=[0.5, 0.9, 0.3, 0.2, 0.1, 0.8, 0.8, 0.8])
     assert len(hist) == 4  # epoch 2 was best, then two worse epochs
@@ -81,3 +84,20 @@ def test_config_validation():
         TrainConfig(lr_factor=1.5)
     with pytest.raises(ValueError):
         TrainConfig(captions_per_image=-1)
+
+
+@pytest.mark.slow
+def test_on_epoch_sees_each_row_in_eval_mode_and_cannot_change_the_training(tmp_path):
+    seen = []
+
+    def logger(m, row):  # a logger that draws random numbers must not shift dropout or the shuffling
+        seen.append((m.training, row))
+        torch.rand(1000)
+
+    _, plain = run(tmp_path / "plain", 3)
+    m = model()
+    scores = iter([0.1 * i for i in range(1, 100)])  # as run() validates
+    hist = fit(m, data=toy_data(), validate=lambda _: next(scores), out_dir=tmp_path / "logged", progress=False,
+               config=TrainConfig(epochs=3, batch_size=8, lr=1e-2), on_epoch=logger)
+    assert [r for _, r in seen] == hist and not any(training for training, _ in seen)
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in plain]

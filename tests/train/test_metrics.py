@@ -47,6 +47,7 @@ def scorer() -> Iterator[CaptionScorer]:
         assert meteor.meteor_p.poll() is not None
 
 
+@pytest.mark.slow
 def test_perfect_hypotheses(scorer: CaptionScorer) -> None:
     refs = {f"img{i}": [s] * 5 for i, s in enumerate(SENTENCES)}
     hyps = {k: v[0] for k, v in refs.items()}
@@ -60,6 +61,7 @@ def test_perfect_hypotheses(scorer: CaptionScorer) -> None:
     assert scores["cider"] > 9.0  # CIDEr-D of an exact match is 10
 
 
+@pytest.mark.slow
 def test_wrong_scores_lower_on_every_metric(scorer: CaptionScorer) -> None:
     refs = {
         f"img{i}": [s, s.replace("A ", "The ", 1), s.lower().rstrip(".")]
@@ -72,6 +74,7 @@ def test_wrong_scores_lower_on_every_metric(scorer: CaptionScorer) -> None:
         assert bad[key] < good[key], key
 
 
+@pytest.mark.slow
 def test_empty_hypothesis_allowed(scorer: CaptionScorer) -> None:
     refs = {f"img{i}": [s] for i, s in enumerate(SENTENCES[:3])}
     hyps = {"img0": "", "img1": SENTENCES[1], "img2": "..."}  # "..." is empty after PTB
@@ -80,6 +83,7 @@ def test_empty_hypothesis_allowed(scorer: CaptionScorer) -> None:
     assert 0.0 < scores["rouge_l"] < 1.0
 
 
+@pytest.mark.slow
 def test_line_breaks_do_not_misalign(scorer: CaptionScorer) -> None:
     # \r and \u2028 are line breaks to the Java tokenizer; unsanitised they
     # shift captions onto the wrong image.

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data.scene_grammar import COLOURS, PLURALS, article, relation, tokenize
+from sat.vocab import tokenize
+from train.data.scene_grammar import COLOURS, PLURALS, article, relation
 from train.data.scenes import generate_scenes, render_scene
 
 SMALL = dict(n_train=12, n_val=4, n_test=4, image_size=96, progress=False)

@@ -28,10 +28,10 @@ from typing import Any
 
 from .common import (MALFORMED_LINE, MISSING_IMAGE, NO_SPLIT, CaptionGrouper, LoadedDataset, SkipLog,
                      layout_error, listed_names)
+from .karpathy import SPLIT_ALIASES
 
 YEARS = ("2014", "2017")
 OFFICIAL_SPLITS = ("train", "val")
-_KARPATHY_SPLITS = {"train": "train", "val": "val", "test": "test", "restval": "train"}
 
 
 def _pairs(root: Path, year: str) -> dict[str, tuple[Path, Path]]:
@@ -80,7 +80,7 @@ def read_karpathy_coco(path: Path) -> tuple[dict[str, str], int]:
     data = _read_json(path)
     try:
         images = data["images"]
-        splits = {str(img["cocoid"]): _KARPATHY_SPLITS[img["split"]] for img in images}
+        splits = {str(img["cocoid"]): SPLIT_ALIASES[img["split"]] for img in images}
         restval = sum(1 for img in images if img["split"] == "restval")
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: not Karpathy's dataset_coco.json (every image needs 'cocoid' and a "

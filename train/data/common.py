@@ -3,7 +3,7 @@
 * `LoadedDataset` — what every loader returns: records, the root, skip counts and notes.
 * `SkipLog` — counts entries left out by reason and warns (with line numbers) about the first few.
 * `CaptionGrouper` — collects `(image, caption)` lines into one `ImageRecord` per image,
-  normalising captions with `sat.vocab.normalize_caption` and dropping duplicate lines.
+  tokenizing captions with `sat.vocab.tokenize` and dropping duplicate lines.
 * `seeded_split` — the deterministic split used when a dataset ships without one.
 * `layout_error` — the `ValueError` for a root that does not look like the dataset.
 * `summarize` — the one-paragraph summary printed when a dataset is loaded.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sat.vocab import normalize_caption
+from sat.vocab import tokenize
 
 from .karpathy import SPLITS, ImageRecord
 
@@ -72,7 +72,7 @@ class SkipLog:
 class CaptionGrouper:
     """Groups caption lines by image, keeping the first-seen image order.
 
-    `add` normalises the caption; an empty one counts as 'empty caption', the same image+text
+    `add` tokenizes the caption; an empty one counts as 'empty caption', the same image+text
     seen twice counts as 'duplicate line'. `records` builds the `ImageRecord`s.
     """
 
@@ -85,7 +85,7 @@ class CaptionGrouper:
     def add(self, image_id: str, raw: str, *, line: int | None = None) -> bool:
         """Add one caption; returns False when it was skipped."""
         raw = raw.strip()
-        tokens = tuple(normalize_caption(raw))
+        tokens = tuple(tokenize(raw))
         if not tokens:
             self.log.skip(EMPTY_CAPTION, f"for {image_id}", line=line)
             return False

@@ -28,9 +28,9 @@ from typing import Any, Iterator
 
 from .common import (EMPTY_CAPTION, MALFORMED_LINE, MISSING_IMAGE, NO_SPLIT, CaptionGrouper, LoadedDataset,
                      SkipLog, layout_error, seeded_split)
+from .karpathy import SPLIT_ALIASES
 
-SPLIT_VALUES = {"train": "train", "restval": "train", "val": "val", "valid": "val", "validation": "val",
-                "dev": "val", "test": "test"}
+SPLIT_VALUES = {**SPLIT_ALIASES, "valid": "val", "validation": "val", "dev": "val"}
 VAL_FRAC = TEST_FRAC = 0.05
 SUFFIXES = (".csv", ".jsonl")
 

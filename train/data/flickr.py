@@ -28,6 +28,7 @@ from typing import Iterator
 
 from .common import (MALFORMED_LINE, MISSING_IMAGE, NO_CAPTIONS, NO_SPLIT, CaptionGrouper, LoadedDataset,
                      SkipLog, first_existing, layout_error, listed_names, seeded_split)
+from .karpathy import SPLIT_ALIASES
 
 F8K_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images")
 F8K_TEXT_DIRS = (".", "Flickr8k_text")
@@ -43,7 +44,6 @@ F30K_KARPATHY = "dataset_flickr30k.json"
 F30K_VAL, F30K_TEST = 1014, 1000
 F30K_VAL_FRAC, F30K_TEST_FRAC = 0.033, 0.032
 
-_KARPATHY_SPLITS = {"train": "train", "val": "val", "test": "test", "restval": "train"}
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -139,7 +139,7 @@ def read_karpathy_splits(path: Path) -> dict[str, str]:
     """file name -> train/val/test from a Karpathy ``dataset_*.json`` (restval -> train)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {img["filename"]: _KARPATHY_SPLITS[img["split"]] for img in data["images"]}
+        return {img["filename"]: SPLIT_ALIASES[img["split"]] for img in data["images"]}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a Karpathy split file ({type(e).__name__}: {e})") from None
 

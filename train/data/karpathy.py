@@ -14,8 +14,8 @@ share one layout::
                  "sentids": [...]},
                 ...]}
 
-Every caption is re-normalised with :func:`sat.vocab.normalize_caption` so
-that all datasets follow the same tokenisation rule.
+Every caption is re-tokenized from its ``raw`` text with :func:`sat.vocab.tokenize` (the
+official evaluation's PTB rule) so that all datasets follow the same tokenisation rule.
 """
 
 from __future__ import annotations
@@ -26,15 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from sat.vocab import normalize_caption
+from sat.vocab import tokenize
 
-__all__ = ["SPLITS", "ImageRecord", "load_karpathy", "load_karpathy_with_stats", "split_records"]
+__all__ = ["SPLITS", "SPLIT_ALIASES", "ImageRecord", "load_karpathy", "load_karpathy_with_stats", "split_records"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # NOTE: "restval" is the part of COCO val2014 that Karpathy's split did not put
 # into val/test; the usual practice (and the SAT / Karpathy papers) trains on
 # it, so it is folded into "train" here.
-_SPLIT_ALIASES: dict[str, str] = {"train": "train", "val": "val", "test": "test", "restval": "train"}
+SPLIT_ALIASES: dict[str, str] = {"train": "train", "val": "val", "test": "test", "restval": "train"}
+"""Karpathy split names → ours: the one alias table of every loader (flickr, coco, csv add theirs to it)."""
 
 # Per-image keys consumed into ImageRecord fields; everything else goes to ``extra``.
 _CONSUMED_KEYS = frozenset({"filepath", "filename", "split", "sentences", "sentids"})
@@ -45,7 +46,7 @@ SKIP_NO_CAPTIONS = "no captions"
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image with its normalised reference captions.
+    """One image with its tokenized reference captions (``sat.vocab.tokenize``).
 
     ``image_id`` is ``str(cocoid)`` when the entry has a ``cocoid`` and
     otherwise the image's relative POSIX path (``filepath/filename`` or just
@@ -93,19 +94,19 @@ def _image_id(entry: dict[str, Any], rel: PurePosixPath) -> str:
 
 
 def _caption(sentence: Any, index: int) -> tuple[tuple[str, ...], str]:
-    """Return (normalised tokens, raw text) for one sentence entry."""
+    """Return (tokens, raw text) for one sentence entry."""
     if not isinstance(sentence, dict):
         raise _EntryError(f"sentence {index} must be an object, got {type(sentence).__name__}")
     raw = sentence.get("raw")
     if isinstance(raw, str):
-        return tuple(normalize_caption(raw)), raw
+        return tuple(tokenize(raw)), raw
     tokens = sentence.get("tokens")
     if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
-        # NOTE: without "raw" we re-normalise the joined tokens: for the
+        # NOTE: without "raw" we re-tokenize the joined tokens: for the
         # Karpathy files (already lower-cased, punctuation-free) this is just
         # lower-casing, and it keeps the one-rule-for-all-datasets guarantee.
         text = " ".join(tokens)
-        return tuple(normalize_caption(text)), text
+        return tuple(tokenize(text)), text
     raise _EntryError(f"sentence {index} has neither a string 'raw' nor a list of string 'tokens'")
 
 
@@ -116,8 +117,8 @@ def _parse_entry(
         raise _EntryError(f"must be an object, got {type(entry).__name__}")
     rel = _relative_path(entry)
     split = entry.get("split")
-    if split not in _SPLIT_ALIASES:
-        raise _EntryError(f"unknown split {split!r} (expected one of {sorted(_SPLIT_ALIASES)})")
+    if split not in SPLIT_ALIASES:
+        raise _EntryError(f"unknown split {split!r} (expected one of {sorted(SPLIT_ALIASES)})")
     sentences = entry.get("sentences")
     if not isinstance(sentences, list):
         raise _EntryError("missing 'sentences' list")
@@ -138,11 +139,11 @@ def _parse_entry(
     return ImageRecord(
         image_id=_image_id(entry, rel),
         path=image_root.joinpath(*rel.parts),
-        split=_SPLIT_ALIASES[split],
+        split=SPLIT_ALIASES[split],
         captions=tuple(captions),
         raw=tuple(raws),
         extra={k: v for k, v in entry.items() if k not in _CONSUMED_KEYS}
-        | ({"karpathy_split": split} if split != _SPLIT_ALIASES[split] else {}),
+        | ({"karpathy_split": split} if split != SPLIT_ALIASES[split] else {}),
     )
 
 
@@ -154,7 +155,7 @@ def load_karpathy_with_stats(
     """Load a Karpathy-format file and report what was skipped.
 
     Returns the records in file order and a dict counting skipped items by
-    reason: ``"empty caption"`` (sentences that normalise to no words) and
+    reason: ``"empty caption"`` (sentences that tokenize to no words) and
     ``"no captions"`` (images left without any caption; these are dropped).
     ``image_root`` defaults to the folder holding ``json_path``.
     Raises ``ValueError`` naming the file when the JSON is malformed.

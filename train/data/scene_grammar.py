@@ -153,9 +153,3 @@ def make_captions(objects: Sequence[dict[str, Any]], rng: np.random.Generator) -
     rest = [canon, *picks]
     order = rng.permutation(4)
     return [canon, *(rest[i] for i in order)]
-
-
-def tokenize(raw: str) -> list[str]:
-    """Karpathy-style tokens: lowercase, punctuation stripped, whitespace split."""
-    cleaned = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in raw.lower())
-    return cleaned.split()

@@ -32,7 +32,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from train.data.scene_grammar import COLOURS, SHAPES, SIZES, make_captions, tokenize
+from sat.atomic import write_json
+from sat.vocab import tokenize
+from train.data.scene_grammar import COLOURS, SHAPES, SIZES, make_captions
 
 GENERATOR = "sat-scenes"
 VERSION = 1
@@ -280,10 +282,4 @@ def generate_scenes(root: str | Path, *, n_train: int = 8000, n_val: int = 500,
             "images": [_entry(p, split_of(p["index"])) for p in parts]}
     # NOTE: the JSON is the completion marker, so it is written last and atomically: a run
     # killed mid-way leaves no (or the previous) JSON and the next call regenerates.
-    tmp = json_path.with_name(f".{JSON_NAME}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, json_path)
-    return json_path
+    return write_json(json_path, data, separators=(",", ":"))

@@ -1,0 +1,164 @@
+"""The one image path shared by training, evaluation and inference: decode (`load_image`), then
+resize, crop or pad and normalise (`preprocess`) as the encoder's pretrained configuration says.
+
+`square_frame` owns the geometry (where the photo lands in the encoder's square input); `preprocess`
+and the attention overlays of `sat/viz.py` both use it, so an attention map is drawn exactly over the
+pixels the model saw, whatever the crop fraction or the resize mode.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESS_VERSION = 2  # bump when preprocessing changes: it is part of the feature-cache key
+MAX_DECODE_SIDE = 4096  # NOTE: huge photos are downscaled while decoding (JPEG draft) before resizing
+MAX_DECODE_PIXELS = 40_000_000
+"""Images with more pixels than this (after the JPEG draft) are refused from their header, before
+decoding: a small file (a 41 KB 1-bit PNG of 12000×12000) would otherwise cost gigabytes and
+seconds. NOTE: PIL's own limit (Image.MAX_IMAGE_PIXELS, ≈ 89 MP warns, ≈ 179 MP raises) is too
+high for a shared server; 40 MP (a 7700×5200 photo) keeps one decode within a few hundred MB."""
+RESIZE_MODES = ("crop", "pad")
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+"""timm's interpolation names (pretrained_cfg['interpolation']) → PIL resampling filters."""
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says why, for the person who sent it."""
+
+
+def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open any image PIL reads and return it as 8-bit RGB, upright (EXIF orientation applied).
+
+    Handles 16-bit and float greyscale, CMYK, palette and alpha (composited on white), animated
+    images (first frame). Raises `ImageError` with a readable message for anything else.
+    """
+    name = "image"
+    try:
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            if isinstance(source, (bytes, bytearray)):
+                if len(source) == 0:
+                    raise ImageError("the file is empty")
+                fp: io.BytesIO | str = io.BytesIO(source)
+            else:
+                name = os.path.basename(str(source))
+                if not os.path.isfile(source):
+                    raise ImageError(f"{name}: no such file")
+                if os.path.getsize(source) == 0:
+                    raise ImageError(f"{name}: the file is empty")
+                fp = str(source)
+            img = Image.open(fp)
+            if getattr(img, "format", None) == "JPEG":  # cheap 1/2..1/8 downscale of the long side
+                k = min(1.0, MAX_DECODE_SIDE / max(img.size))  # NOTE: PIL's draft keeps both sides ≥ the request
+                img.draft("RGB", (max(1, math.ceil(img.width * k)), max(1, math.ceil(img.height * k))))
+            if img.width * img.height > MAX_DECODE_PIXELS:  # the header's size: nothing decoded yet
+                raise ImageError(f"{name}: too many pixels to decode safely ({img.width}×{img.height} = "
+                                 f"{img.width * img.height / 1e6:.0f} MP; the limit is "
+                                 f"{MAX_DECODE_PIXELS / 1e6:.0f} MP): scale it down first")
+            img.seek(0)  # animated GIF/WebP/PNG: the first frame
+            img.load()
+            img = _reduce(img)
+        return _to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: too many pixels to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
+        raise ImageError(f"{name}: the image data is broken ({e})") from None
+
+
+def _reduce(img: Image.Image) -> Image.Image:
+    """Box-downscale a decoded image whose long side exceeds MAX_DECODE_SIDE, as the JPEG draft does
+    while decoding. NOTE: before `_to_rgb`, whose conversions copy the image several times (16-bit
+    and alpha images: up to ≈ 25 bytes per pixel); preprocess would box-reduce it anyway."""
+    factor = math.ceil(max(img.size) / MAX_DECODE_SIDE)
+    if factor < 2:
+        return img
+    if img.mode in ("P", "PA"):  # palette indices cannot be averaged
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode == "1" or img.mode.startswith("I;16"):  # modes reduce() does not take
+        img = img.convert("L" if img.mode == "1" else "I")
+    return img.reduce(factor)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.width < 1 or img.height < 1:
+        raise ImageError("the image has no pixels")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # NOTE: PIL's convert('RGB') clips 16-bit values at 255 (a white image); rescale instead.
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        top = 65535.0 if img.mode != "F" and hi > 255 else max(hi, 1.0)
+        if img.mode == "F":
+            top, a = max(hi - lo, 1e-12), a - lo
+        a = np.clip(a / top * 255.0, 0, 255).astype(np.uint8)
+        img = Image.fromarray(a)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def square_frame(size: tuple[int, int], *, image_size: int, resize: str = "crop",
+                 crop_pct: float = 1.0) -> tuple[int, int, int, int]:
+    """Where a (W, H) photo lands in the encoder's S×S input: (nw, nh, ox, oy).
+
+    The photo is resized to nw×nh and its top-left corner placed at (ox, oy) of the square
+    (negative when it is cropped). ``resize="crop"`` scales the short side to ⌊S / crop_pct⌋ (timm's
+    eval transform: crop_pct 0.875 at S=224 resizes to 256) and takes the centre S×S;
+    ``resize="pad"`` scales the long side to S and centres the photo (crop_pct does not apply).
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be 'crop' or 'pad', got {resize!r}")
+    if not 0.0 < crop_pct <= 2.0:
+        raise ValueError(f"crop_pct must be in (0, 2], got {crop_pct}")
+    w, h = size
+    if w < 1 or h < 1:
+        raise ValueError(f"size must be a positive (W, H), got {size!r}")
+    if resize == "crop":
+        scale = math.floor(image_size / crop_pct) / min(w, h)
+    else:
+        scale = image_size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if resize == "crop":
+        return nw, nh, -((nw - image_size) // 2), -((nh - image_size) // 2)
+    return nw, nh, (image_size - nw) // 2, (image_size - nh) // 2
+
+
+def preprocess(img: Image.Image, *, image_size: int = 224, resize: str = "crop",
+               mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+               interpolation: str = "bicubic", crop_pct: float = 1.0) -> torch.Tensor:
+    """RGB PIL image → normalised float tensor (3, S, S), placed as `square_frame` says.
+
+    The defaults are the embedded efficientnet-lite0's (ImageNet statistics, bicubic, no margin);
+    `ModelConfig.preprocessing` gives the values a model was trained with. Whatever of the square
+    the photo does not cover (padding) is the mean colour, i.e. 0 after normalisation.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+    nw, nh, ox, oy = square_frame(img.size, image_size=image_size, resize=resize, crop_pct=crop_pct)
+    if (nw, nh) != img.size:
+        # NOTE: reducing_gap makes a big downscale a fast box-reduce followed by the filter proper.
+        img = img.resize((nw, nh), INTERPOLATIONS[interpolation], reducing_gap=3.0)
+    if (nw, nh, ox, oy) != (image_size, image_size, 0, 0):
+        # NOTE: pasting at (ox, oy) on a mean-coloured square is the centre crop (negative offsets)
+        # and the padding alike, in one code path that copies pixels exactly.
+        canvas = Image.new("RGB", (image_size, image_size), tuple(round(255 * m) for m in mean))
+        canvas.paste(img, (ox, oy))
+        img = canvas
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
+    x = x.float().div_(255.0)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
