@@ -24,30 +24,28 @@ from sat.paths import WEIGHTS
 DEFAULT_WEIGHTS = WEIGHTS / "soft"
 
 
-def _int_in(lo: int, hi: int):
-    """argparse type: an integer in [lo, hi]."""
-    def parse(text: str) -> int:
+def _in(kind: type, lo: float, hi: float):
+    """argparse type: a finite `kind` (int or float) in [lo, hi]."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo:g}, {hi:g}], got {text!r}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"must be {'' if kind is int else 'a number '}in [{lo:g}, {hi:g}], "
+                                             f"got {text}")
         return value
     return parse
+
+
+def _int_in(lo: int, hi: int):
+    return _in(int, lo, hi)
 
 
 def _float_in(lo: float, hi: float):
-    """argparse type: a finite number in [lo, hi]."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo:g}, {hi:g}], got {text!r}") from None
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise argparse.ArgumentTypeError(f"must be a number in [{lo:g}, {hi:g}], got {text}")
-        return value
-    return parse
+    return _in(float, lo, hi)
 
 
 def _positive_float(text: str) -> float:
