@@ -170,22 +170,91 @@ def normalize_for_display(m: np.ndarray, *, mode: str = "minmax") -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+OVERLAY_STYLES = ("spotlight", "heatmap")
+"""How `overlay` draws a map: "spotlight" (the paper's figures: attended pixels keep their brightness
+and colour, the rest is dimmed towards black) or "heatmap" (a colour map blended over the photo)."""
+
+
 def overlay(image: Image.Image, m: np.ndarray, *, opacity: float = 0.6, cmap: str = "jet",
-            display: str = "minmax") -> Image.Image:
-    """Blend a (H, W) map, coloured with a matplotlib colormap, over an RGB image of the same size."""
+            display: str = "minmax", style: str = "heatmap") -> Image.Image:
+    """Draw a (H, W) map over an RGB image of the same size.
+
+    ``style="heatmap"``: the map coloured with a matplotlib colormap (scaled by ``display``), blended
+    at ``opacity``. ``style="spotlight"``: each pixel keeps ``1 - opacity + opacity × m / max(m)`` of
+    its brightness, so the most attended pixels are the photo itself (colours intact) and pixels with
+    no attention (outside the square the model saw, too) are dimmed by ``opacity``.
+    """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if style not in OVERLAY_STYLES:
+        raise ValueError(f"style must be one of {', '.join(OVERLAY_STYLES)}, got {style!r}")
     img = image.convert("RGB")
     m = np.asarray(m)
     if m.shape != (img.height, img.width):
         raise ValueError(f"map shape {m.shape} does not match image size (H, W) = "
                          f"{(img.height, img.width)}; upsample it with upsample_attention first")
-    from matplotlib import colormaps
-
-    colour = colormaps[cmap](normalize_for_display(m, mode=display))[..., :3] * 255.0
     base = np.asarray(img, dtype=np.float64)
-    out = (1.0 - opacity) * base + opacity * colour
+    if style == "spotlight":
+        # NOTE: "max", not "minmax": 0 attention must stay fully dimmed (e.g. the cropped-off strips)
+        light = 1.0 - opacity + opacity * normalize_for_display(m, mode="max")
+        out = base * light[..., None]
+    else:
+        from matplotlib import colormaps
+
+        colour = colormaps[cmap](normalize_for_display(m, mode=display))[..., :3] * 255.0
+        out = (1.0 - opacity) * base + opacity * colour
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def square_box(size: tuple[int, int], *, resize: str = "crop", image_size: int = 224,
+               crop_pct: float = 1.0, cell: tuple[int, int] | None = None,
+               grid: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:
+    """The part of a (W, H) photo the model saw, as a pixel box (x0, y0, x1, y1), x1/y1 exclusive;
+    or, with ``cell=(row, col)`` of a ``grid=(h, w)``, the part that grid cell covers. The box is
+    clipped to the photo (None when nothing of it is on the photo, e.g. a cell over the padding)."""
+    W, H = int(size[0]), int(size[1])
+    sx, sy, ox, oy = _square_frame((W, H), resize=resize, image_size=image_size, crop_pct=crop_pct)
+    u0, v0, u1, v1 = 0.0, 0.0, float(image_size), float(image_size)
+    if cell is not None:
+        if grid is None:
+            raise ValueError("cell needs grid=(h, w)")
+        (r, c), (gh, gw) = cell, grid
+        u0, u1 = c * image_size / gw, (c + 1) * image_size / gw
+        v0, v1 = r * image_size / gh, (r + 1) * image_size / gh
+    # square → photo: x = (u - ox) / sx
+    x0, x1 = max(0, round((u0 - ox) / sx)), min(W, round((u1 - ox) / sx))
+    y0, y1 = max(0, round((v0 - oy) / sy)), min(H, round((v1 - oy) / sy))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def draw_box(image: Image.Image, box: tuple[int, int, int, int] | None, *, colour=(255, 255, 255),
+             width: int = 2, dash: int = 0) -> Image.Image:
+    """A copy of ``image`` with the outline of ``box`` (x1/y1 exclusive) drawn inside it, solid or
+    dashed (``dash`` pixels on, ``dash`` off); a dark shadow line keeps it visible on light photos."""
+    out = image.convert("RGB").copy()
+    if box is None:
+        return out
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(out)
+    x0, y0, x1, y1 = box[0], box[1], box[2] - 1, box[3] - 1
+    for k, col in ((width, (0, 0, 0)), (0, colour)):  # shadow first, then the line itself
+        a, b, c, d = x0 + k, y0 + k, x1 - k, y1 - k
+        if c < a or d < b:
+            continue
+        if not dash:
+            draw.rectangle((a, b, c, d), outline=col, width=width)
+            continue
+        for (p, q), horizontal in (((a, c), True), ((b, d), False)):
+            for s in range(p, q + 1, 2 * dash):
+                e = min(s + dash - 1, q)
+                if horizontal:
+                    draw.rectangle((s, b, e, b + width - 1), fill=col)
+                    draw.rectangle((s, d - width + 1, e, d), fill=col)
+                else:
+                    draw.rectangle((a, s, a + width - 1, e), fill=col)
+                    draw.rectangle((c - width + 1, s, c, e), fill=col)
+    return out
 
 
 def _tokens_for(tokens: Sequence[str], n_maps: int) -> list[str]:
