@@ -180,9 +180,9 @@ def overlay(image: Image.Image, m: np.ndarray, *, opacity: float = 0.6, cmap: st
     """Draw a (H, W) map over an RGB image of the same size.
 
     ``style="heatmap"``: the map coloured with a matplotlib colormap (scaled by ``display``), blended
-    at ``opacity``. ``style="spotlight"``: each pixel keeps ``1 - opacity + opacity × m / max(m)`` of
-    its brightness, so the most attended pixels are the photo itself (colours intact) and pixels with
-    no attention (outside the square the model saw, too) are dimmed by ``opacity``.
+    at ``opacity``. ``style="spotlight"``: each pixel keeps ``1 - opacity + opacity × √(m / max(m))``
+    of its brightness, so the most attended pixels are the photo itself (colours intact) and pixels
+    with no attention (outside the square the model saw, too) are dimmed by ``opacity``.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
@@ -196,7 +196,9 @@ def overlay(image: Image.Image, m: np.ndarray, *, opacity: float = 0.6, cmap: st
     base = np.asarray(img, dtype=np.float64)
     if style == "spotlight":
         # NOTE: "max", not "minmax": 0 attention must stay fully dimmed (e.g. the cropped-off strips)
-        light = 1.0 - opacity + opacity * normalize_for_display(m, mode="max")
+        # NOTE: the square root (gamma 0.5) keeps a soft model's spread-out attention visible; with
+        # a linear scale everything but the single brightest spot looks switched off.
+        light = 1.0 - opacity + opacity * np.sqrt(normalize_for_display(m, mode="max"))
         out = base * light[..., None]
     else:
         from matplotlib import colormaps
@@ -270,13 +272,15 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
                    probs: Sequence[float] | None = None, cols: int | None = None,
                    resize: str = "crop", image_size: int = 224, sigma: float | None = None,
                    smooth: float = DEFAULT_SMOOTH, opacity: float = 0.6, cmap: str = "jet",
-                   panel_inches: float = 2.2, max_side: int = 320, crop_pct: float = 1.0) -> "Figure":
+                   panel_inches: float = 2.2, max_side: int = 320, crop_pct: float = 1.0,
+                   style: str = "heatmap") -> "Figure":
     """A matplotlib Figure: the photo, then one overlay panel per token (``<end>`` included).
 
     ``tokens`` are the caption's tokens (or its words; "<end>" is appended when there is one more
     map than words). Each panel's title is the token, with its probability when ``probs`` is given.
     Panels wrap into rows of ``cols`` (default: up to 5), so long captions stay readable; only the
     T + 1 used panels get axes. The photo is shrunk to ``max_side`` pixels first (display only).
+    ``style`` is `overlay`'s ("heatmap" or "spotlight").
     """
     att = np.asarray(attention)
     if att.ndim != 3 or att.shape[0] == 0:
@@ -313,7 +317,7 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
             continue
         m = upsample_attention(att[i - 1], size=img.size, resize=resize, image_size=image_size,
                                sigma=sigma, smooth=smooth, crop_pct=crop_pct)
-        ax.imshow(overlay(img, m, opacity=opacity, cmap=cmap))
+        ax.imshow(overlay(img, m, opacity=opacity, cmap=cmap, style=style))
         title = toks[i - 1] if probs is None else f"{toks[i - 1]} ({float(probs[i - 1]):.2f})"
         ax.set_title(title, fontsize=10)
     fig.tight_layout(pad=0.4)
