@@ -46,7 +46,8 @@ def open_page(url: str, *, width: int = 1400, height: int = 1000) -> Iterator["P
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True,
+                                    permissions=["clipboard-read", "clipboard-write"])
             page.goto(url)
             page.wait_for_selector("#upload", timeout=UI_TIMEOUT_MS)
             yield page
@@ -74,11 +75,8 @@ def wait_idle(page: "Page") -> None:
 
 
 def upload(page: "Page", path: str) -> None:
-    """Put a file into the upload box (clearing the previous one first)."""
-    clear = page.locator("#upload button[aria-label='Clear']")
-    if clear.count():
-        clear.first.click()
-        page.wait_for_selector("#upload input[type=file]", state="attached")
+    """Put a file into the image component, as a person choosing it does (a shown image is
+    replaced, not cleared first)."""
     page.set_input_files("#upload input[type=file]", path)
 
 
