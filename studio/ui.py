@@ -5,7 +5,8 @@ the left; one column per model (soft, hard) with its caption as clickable word c
 button), the photo under the current word's attention (a spotlight by default: attended regions at
 full colour, the rest dimmed; a heatmap with a colour bar, or the plain photo, on request), a word
 slider, the word's probability and a download button for the attention grid of every word. On
-narrow screens the results come right after the upload and the examples and settings last.
+narrow screens the upload and the examples come first, then the results (scrolled to after a caption),
+then the settings.
 
 Words and linking: each column has its own slider (1 … T, the caption's tokens, `<end>` included);
 clicking a chip selects that word too. While "Link" is on (the default), selecting word i in one
@@ -53,16 +54,17 @@ CSS = """
 #examples .thumbnail-item { min-width: 0; width: 100%; height: auto; aspect-ratio: 1; }
 #examples .top-panel { display: none; }
 #examples .grid-container { padding-top: 28px; }
+#examples .grid-wrap { height: auto !important; min-height: 0 !important; }
+#examples { flex-grow: 0 !important; }
 .sat-bar { display: inline-block; width: 140px; height: 10px; vertical-align: middle; margin: 0 4px;
            background: linear-gradient(to right, #00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00,
            #ff7f00, #ff0000, #7f0000); }
 @media (max-width: 768px) {
-  /* phones: the upload, then the results, then the examples and the settings */
+  /* phones: the upload and the examples, then the results, then the settings */
   #main-row { flex-direction: column; }
   #input-col { display: contents; }
-  #upload, #caption-btn, #status { order: 0; }
-  #soft-column { order: 1; } #hard-column { order: 2; }
-  #examples { order: 3; } #settings { order: 4; }
+  #upload, #caption-btn, #status, #examples { order: 0; }
+  #soft-column { order: 1; } #hard-column { order: 2; } #settings { order: 3; }
   #intro p:not(:first-of-type), #intro blockquote { display: none; }
 }
 """

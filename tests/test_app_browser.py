@@ -125,7 +125,7 @@ def test_phone_shows_the_caption_and_its_overlay_in_the_first_screen(app_url):
         for sel in ("#soft-caption", "#soft-overlay img"):
             box = page.locator(sel).bounding_box()
             assert box and box["y"] >= 0 and box["y"] + box["height"] <= 844, (sel, box)
-        # results come before the examples and the (collapsed) settings
-        y = {s: page.locator(s).bounding_box()["y"] for s in ("#upload", "#soft-column", "#hard-column", "#examples", "#settings")}
-        assert y["#upload"] < y["#soft-column"] < y["#hard-column"] < y["#examples"] < y["#settings"], y
+        # the upload and the examples, then the results, then the (collapsed) settings
+        y = {s: page.locator(s).bounding_box()["y"] for s in ("#upload", "#examples", "#soft-column", "#hard-column", "#settings")}
+        assert y["#upload"] < y["#examples"] < y["#soft-column"] < y["#hard-column"] < y["#settings"], y
         assert not page.locator("#mode").is_visible()  # the decoding settings start collapsed
