@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -98,9 +99,18 @@ def test_upload_click_link_copy_styles_download_and_errors(app_url, tmp_path):
         dl.value.save_as(grid)
         assert Image.open(grid).format == "PNG"
 
-        # A new image replaces the shown one, no clearing first.
+        # A new image replaces the shown one, no clearing first; 16-bit and CMYK files are captioned
+        # through the image component (that their bytes reach load_image unchanged is checked in
+        # tests/test_app.py::test_photo_input_hands_over_the_uploaded_file_intact).
         upload(page, str(OTHER))
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('scene_008502.jpg')")
+        deep, cmyk = tmp_path / "deep.png", tmp_path / "cmyk.jpg"
+        Image.fromarray(np.tile(np.linspace(0, 60000, 64).astype(np.uint16), (48, 1))).save(deep)
+        Image.new("CMYK", (80, 60), (0, 200, 200, 0)).save(cmyk)
+        for f, size in ((deep, "64×48"), (cmyk, "80×60")):
+            upload(page, str(f))
+            page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)",
+                                   arg=f"Captioned {f.name} ({size})")
 
         # A non-image gets our message; the app then captions an example picked from the gallery.
         bad = tmp_path / "letter.png"
