@@ -220,3 +220,34 @@ def test_attention_grids_beside_the_examples_are_not_examples(tmp_path):
     for name in ("scene_1.jpg", "photo.png", "attention_1.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"x") if name.endswith(".txt") else Image.new("RGB", (4, 4)).save(tmp_path / name)
     assert [p.rsplit("/", 1)[-1] for p in _example_paths(tmp_path)] == ["photo.png", "scene_1.jpg"]
+
+
+def test_photo_input_hands_over_the_uploaded_file_intact(tmp_path):
+    """The upload component passes 16-bit, CMYK and non-image files untouched to load_image;
+    pasted / webcam data URLs are written to a file by Gradio and decoded the same way."""
+    import base64
+    import io
+    from pathlib import Path
+
+    from gradio.data_classes import ImageData
+
+    from sat.image import load_image
+    from studio.layout import PhotoInput
+
+    comp = PhotoInput(type="filepath")
+    assert comp.get_block_name() == "image"  # Gradio's own Image front end
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)).save(deep)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (40, 30), (0, 200, 200, 0)).save(cmyk)
+    letter = tmp_path / "letter.png"
+    letter.write_text("not a picture")
+    for path in (deep, cmyk, letter):
+        got = comp.preprocess(ImageData(path=str(path), orig_name=path.name))
+        assert got == str(path) and Path(got).read_bytes() == path.read_bytes()
+    assert Image.open(deep).mode.startswith("I")  # still 16-bit on disk: load_image rescales it
+    assert load_image(comp.preprocess(ImageData(path=str(cmyk), orig_name="cmyk.jpg"))).getpixel((5, 5))[0] > 200
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (250, 10, 10)).save(buf, "PNG")
+    pasted = comp.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
+    assert load_image(pasted).size == (8, 6)
