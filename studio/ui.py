@@ -65,7 +65,6 @@ CSS = """
   #input-col { display: contents; }
   #upload, #caption-btn, #status, #examples { order: 0; }
   #soft-column { order: 1; } #hard-column { order: 2; } #settings { order: 3; }
-  #intro p:not(:first-of-type), #intro blockquote { display: none; }
 }
 """
 LINK_RULE = ("Link the columns: the other column shows the same word number "
