@@ -170,22 +170,93 @@ def normalize_for_display(m: np.ndarray, *, mode: str = "minmax") -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+OVERLAY_STYLES = ("spotlight", "heatmap")
+"""How `overlay` draws a map: "spotlight" (the paper's figures: attended pixels keep their brightness
+and colour, the rest is dimmed towards black) or "heatmap" (a colour map blended over the photo)."""
+
+
 def overlay(image: Image.Image, m: np.ndarray, *, opacity: float = 0.6, cmap: str = "jet",
-            display: str = "minmax") -> Image.Image:
-    """Blend a (H, W) map, coloured with a matplotlib colormap, over an RGB image of the same size."""
+            display: str = "minmax", style: str = "heatmap") -> Image.Image:
+    """Draw a (H, W) map over an RGB image of the same size.
+
+    ``style="heatmap"``: the map coloured with a matplotlib colormap (scaled by ``display``), blended
+    at ``opacity``. ``style="spotlight"``: each pixel keeps ``1 - opacity + opacity × √(m / max(m))``
+    of its brightness, so the most attended pixels are the photo itself (colours intact) and pixels
+    with no attention (outside the square the model saw, too) are dimmed by ``opacity``.
+    """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if style not in OVERLAY_STYLES:
+        raise ValueError(f"style must be one of {', '.join(OVERLAY_STYLES)}, got {style!r}")
     img = image.convert("RGB")
     m = np.asarray(m)
     if m.shape != (img.height, img.width):
         raise ValueError(f"map shape {m.shape} does not match image size (H, W) = "
                          f"{(img.height, img.width)}; upsample it with upsample_attention first")
-    from matplotlib import colormaps
-
-    colour = colormaps[cmap](normalize_for_display(m, mode=display))[..., :3] * 255.0
     base = np.asarray(img, dtype=np.float64)
-    out = (1.0 - opacity) * base + opacity * colour
+    if style == "spotlight":
+        # NOTE: "max", not "minmax": 0 attention must stay fully dimmed (e.g. the cropped-off strips)
+        # NOTE: the square root (gamma 0.5) keeps a soft model's spread-out attention visible; with
+        # a linear scale everything but the single brightest spot looks switched off.
+        light = 1.0 - opacity + opacity * np.sqrt(normalize_for_display(m, mode="max"))
+        out = base * light[..., None]
+    else:
+        from matplotlib import colormaps
+
+        colour = colormaps[cmap](normalize_for_display(m, mode=display))[..., :3] * 255.0
+        out = (1.0 - opacity) * base + opacity * colour
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def square_box(size: tuple[int, int], *, resize: str = "crop", image_size: int = 224,
+               crop_pct: float = 1.0, cell: tuple[int, int] | None = None,
+               grid: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:
+    """The part of a (W, H) photo the model saw, as a pixel box (x0, y0, x1, y1), x1/y1 exclusive;
+    or, with ``cell=(row, col)`` of a ``grid=(h, w)``, the part that grid cell covers. The box is
+    clipped to the photo (None when nothing of it is on the photo, e.g. a cell over the padding)."""
+    W, H = int(size[0]), int(size[1])
+    sx, sy, ox, oy = _square_frame((W, H), resize=resize, image_size=image_size, crop_pct=crop_pct)
+    u0, v0, u1, v1 = 0.0, 0.0, float(image_size), float(image_size)
+    if cell is not None:
+        if grid is None:
+            raise ValueError("cell needs grid=(h, w)")
+        (r, c), (gh, gw) = cell, grid
+        u0, u1 = c * image_size / gw, (c + 1) * image_size / gw
+        v0, v1 = r * image_size / gh, (r + 1) * image_size / gh
+    # square → photo: x = (u - ox) / sx
+    x0, x1 = max(0, round((u0 - ox) / sx)), min(W, round((u1 - ox) / sx))
+    y0, y1 = max(0, round((v0 - oy) / sy)), min(H, round((v1 - oy) / sy))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def draw_box(image: Image.Image, box: tuple[int, int, int, int] | None, *, colour=(255, 255, 255),
+             width: int = 2, dash: int = 0) -> Image.Image:
+    """A copy of ``image`` with the outline of ``box`` (x1/y1 exclusive) drawn inside it, solid or
+    dashed (``dash`` pixels on, ``dash`` off); a dark shadow line keeps it visible on light photos."""
+    out = image.convert("RGB").copy()
+    if box is None:
+        return out
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(out)
+    x0, y0, x1, y1 = box[0], box[1], box[2] - 1, box[3] - 1
+    for k, col in ((width, (0, 0, 0)), (0, colour)):  # shadow first, then the line itself
+        a, b, c, d = x0 + k, y0 + k, x1 - k, y1 - k
+        if c < a or d < b:
+            continue
+        if not dash:
+            draw.rectangle((a, b, c, d), outline=col, width=width)
+            continue
+        for (p, q), horizontal in (((a, c), True), ((b, d), False)):
+            for s in range(p, q + 1, 2 * dash):
+                e = min(s + dash - 1, q)
+                if horizontal:
+                    draw.rectangle((s, b, e, b + width - 1), fill=col)
+                    draw.rectangle((s, d - width + 1, e, d), fill=col)
+                else:
+                    draw.rectangle((a, s, a + width - 1, e), fill=col)
+                    draw.rectangle((c - width + 1, s, c, e), fill=col)
+    return out
 
 
 def _tokens_for(tokens: Sequence[str], n_maps: int) -> list[str]:
@@ -201,13 +272,15 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
                    probs: Sequence[float] | None = None, cols: int | None = None,
                    resize: str = "crop", image_size: int = 224, sigma: float | None = None,
                    smooth: float = DEFAULT_SMOOTH, opacity: float = 0.6, cmap: str = "jet",
-                   panel_inches: float = 2.2, max_side: int = 320, crop_pct: float = 1.0) -> "Figure":
+                   panel_inches: float = 2.2, max_side: int = 320, crop_pct: float = 1.0,
+                   style: str = "heatmap") -> "Figure":
     """A matplotlib Figure: the photo, then one overlay panel per token (``<end>`` included).
 
     ``tokens`` are the caption's tokens (or its words; "<end>" is appended when there is one more
     map than words). Each panel's title is the token, with its probability when ``probs`` is given.
     Panels wrap into rows of ``cols`` (default: up to 5), so long captions stay readable; only the
     T + 1 used panels get axes. The photo is shrunk to ``max_side`` pixels first (display only).
+    ``style`` is `overlay`'s ("heatmap" or "spotlight").
     """
     att = np.asarray(attention)
     if att.ndim != 3 or att.shape[0] == 0:
@@ -244,7 +317,7 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
             continue
         m = upsample_attention(att[i - 1], size=img.size, resize=resize, image_size=image_size,
                                sigma=sigma, smooth=smooth, crop_pct=crop_pct)
-        ax.imshow(overlay(img, m, opacity=opacity, cmap=cmap))
+        ax.imshow(overlay(img, m, opacity=opacity, cmap=cmap, style=style))
         title = toks[i - 1] if probs is None else f"{toks[i - 1]} ({float(probs[i - 1]):.2f})"
         ax.set_title(title, fontsize=10)
     fig.tight_layout(pad=0.4)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -24,7 +25,7 @@ from sat.captioner import Caption, Captioner
 from sat.image import ImageError, load_image
 from sat.paths import REPO
 from sat.search import MAX_LENGTH_PENALTY
-from sat.viz import DEFAULT_SMOOTH, save_attention_grid, upsample_attention, overlay
+from sat.viz import DEFAULT_SMOOTH, draw_box, overlay, save_attention_grid, square_box, upsample_attention
 from sat.weights import WeightsError
 
 log = logging.getLogger("sat.studio")
@@ -191,6 +192,8 @@ class ModelOutput:
     image_size: int
     source: str
     crop_pct: float = 1.0
+    hard: bool = False
+    """Hard attention: at test time the decoder reads the one cell argmax α_t (the app outlines it)."""
 
 
 @dataclass
@@ -260,7 +263,7 @@ def caption_upload(slots: list[ModelSlot], source: str | Path | bytes | Image.Im
             result.errors[slot.name] = f"captioning failed: {type(e).__name__}: {e}"
             continue
         result.outputs[slot.name] = ModelOutput(out, cap.config.resize, cap.config.image_size, slot.spec,
-                                                   cap.config.crop_pct)
+                                                cap.config.crop_pct, hard=cap.config.attention == "hard")
     return result
 
 
@@ -290,18 +293,34 @@ def _strip_name(message: str, name: str) -> str:
 # ----------------------------------------------------------------------------- drawing
 
 def render_overlay(result: StudioResult, name: str, index: int, *, opacity: float = 0.6,
-                   smooth: float = DEFAULT_SMOOTH) -> Image.Image:
-    """The display image with the attention of token ``index`` (clamped) of model ``name``."""
+                   smooth: float = DEFAULT_SMOOTH, style: str = "spotlight", plain: bool = False
+                   ) -> Image.Image:
+    """The display image under the attention of token ``index`` (clamped) of model ``name``.
+
+    ``style``: `sat.viz.overlay`'s "spotlight" or "heatmap"; ``plain``: the photo alone. The square
+    the model saw is outlined (dashed) when it is not the whole photo, and a hard-attention model's
+    cell for this token (argmax α_t, the one it read) gets a solid outline.
+    """
+    if plain:
+        return result.display.copy()
     out = result.outputs[name]
     att = out.caption.attention
     i = min(max(int(index), 0), att.shape[0] - 1)
-    m = upsample_attention(att[i], size=result.display.size, resize=out.resize,
-                           image_size=out.image_size, smooth=max(float(smooth), 0.0), crop_pct=out.crop_pct)
-    return overlay(result.display, m, opacity=min(max(float(opacity), 0.0), 1.0))
+    size = result.display.size
+    geometry = dict(resize=out.resize, image_size=out.image_size, crop_pct=out.crop_pct)
+    m = upsample_attention(att[i], size=size, smooth=max(float(smooth), 0.0), **geometry)
+    img = overlay(result.display, m, opacity=min(max(float(opacity), 0.0), 1.0), style=style)
+    seen = square_box(size, **geometry)
+    if seen is not None and seen != (0, 0, *size):
+        img = draw_box(img, seen, width=2, dash=6)
+    if out.hard:
+        cell = np.unravel_index(int(np.argmax(att[i])), att.shape[1:])
+        img = draw_box(img, square_box(size, cell=cell, grid=att.shape[1:], **geometry), width=3)
+    return img
 
 
 def write_grid(result: StudioResult, name: str, folder: str | Path, *, opacity: float = 0.6,
-               smooth: float = DEFAULT_SMOOTH) -> Path:
+               smooth: float = DEFAULT_SMOOTH, style: str = "heatmap") -> Path:
     """The PNG grid of every token's attention for model ``name``, written under ``folder``."""
     out = result.outputs[name]
     words = "_".join(re.sub(r"[^a-z0-9]+", "", w.lower()) for w in out.caption.words[:6]) or "caption"
@@ -309,4 +328,4 @@ def write_grid(result: StudioResult, name: str, folder: str | Path, *, opacity: 
     return save_attention_grid(result.display, out.caption.tokens, out.caption.attention, path,
                                probs=out.caption.token_probs, resize=out.resize,
                                image_size=out.image_size, smooth=max(float(smooth), 0.0), crop_pct=out.crop_pct,
-                               opacity=min(max(float(opacity), 0.0), 1.0))
+                               opacity=min(max(float(opacity), 0.0), 1.0), style=style)

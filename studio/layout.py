@@ -3,10 +3,12 @@
 Events (all queued; captions share one concurrency group of size 1 and the grid PNGs (matplotlib,
 ≈ 1 s each) another, so a grid never holds up a caption on a 2-core machine; redraws run alongside):
 
-- upload change (an upload, a picked example, or clearing it) and the Caption button → caption
-  with both models, then write both attention-grid PNGs for the download buttons;
-- a word slider's `input` (user moves only) → redraw that column, and the other when linked;
-- opacity / smoothing change → redraw both overlays; on release → rewrite the grids;
+- upload change (an upload, a paste, a webcam shot, a picked example) and the Caption button →
+  caption with both models, then write both attention-grid PNGs for the download buttons;
+- a word slider's `input` (user moves only) or a click on a word chip → redraw that column, and
+  the other when linked (same word number, clamped to its caption: `studio.ui.LINK_RULE`);
+- overlay settings (style, plain image, opacity, smoothing) → redraw both overlays (and the
+  legends); on release / change → rewrite the grids;
 - `/caption` (API only, a hidden button): both models' captions as JSON; inputs: image, mode, beam,
   temperature, max length, then length penalty and no-repeat n-gram size (optional: slider defaults).
 """
@@ -19,6 +21,7 @@ import gradio as gr
 from sat.search import MAX_LENGTH_PENALTY
 
 from .inference import DEFAULT_NO_REPEAT_NGRAM, MAX_LEN_LIMIT, MAX_NO_REPEAT_NGRAM, TITLES, trained_on
+from .ui import CHIP_JS, LINK_RULE, SCROLL_JS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ui import Studio
@@ -27,8 +30,24 @@ CAPTION_CONCURRENCY = 1
 """Captions run one at a time: a caption already uses every core through torch's thread pool."""
 INTRO = """# SAT Studio
 *Show, Attend and Tell* (Xu et al., 2015): each word of the caption comes with the part of the
-image the decoder attended to. Upload an image or pick an example, then move the word slider.
+image the decoder attended to. Upload, paste or snap an image (or pick an example), then click a
+word to see where the model looked for it.
 """
+
+
+class PhotoInput(gr.Image):
+    """`gr.Image` (preview, upload, clipboard paste, webcam) that hands the handler the uploaded file
+    itself. NOTE: `gr.Image(type="filepath")` opens every upload with PIL first (a non-image is a
+    Gradio error, not our message) and re-encodes it when its mode differs from ``image_mode``;
+    here only pasted/webcam data URLs take Gradio's path, and `sat.image.load_image` decodes the
+    rest (16-bit, CMYK, EXIF rotation, …) exactly as training does."""
+
+    is_template = True  # NOTE: the front end is Image's own (get_block_name → "image")
+
+    def preprocess(self, payload):  # type: ignore[override]
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
 
 
 def _header(studio: "Studio") -> str:
@@ -49,51 +68,57 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
         # and the time limit covers tabs left open.
         state = gr.State(None, time_to_live=3600)
         gr.Markdown(_header(studio), elem_id="intro")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=280):
-                upload = gr.File(label="Image (any format PIL reads)", file_count="single",
-                                 type="filepath", height=120, elem_id="upload")
-                caption_btn = gr.Button("Caption", variant="primary", elem_id="caption-btn")
+        with gr.Row(equal_height=False, elem_id="main-row"):
+            with gr.Column(scale=1, min_width=280, elem_id="input-col"):
+                upload = PhotoInput(label="Image (upload, paste or webcam)",
+                                    type="filepath", height=260, elem_id="upload")
+                caption_btn = gr.Button("Caption again", variant="primary", elem_id="caption-btn")
                 status = gr.Markdown("Upload an image (or pick an example) to caption it.",
                                      elem_id="status")
                 gallery = gr.Gallery(value=list(examples), label="Examples (click one)", columns=4,
-                                     height=110, allow_preview=False, interactive=False,
+                                     height="auto", allow_preview=False, interactive=False,
                                      visible=bool(examples), elem_id="examples")
-                with gr.Accordion("Decoding", open=True):
-                    mode = gr.Radio(["beam", "greedy", "sample"], value="beam", label="Search",
-                                    elem_id="mode")
-                    beam = gr.Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
-                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
-                                            label="Temperature (sampling)")
-                    max_len = gr.Slider(1, MAX_LEN_LIMIT, value=20, step=1,
-                                        label="Max length (words)")
-                    length_penalty = gr.Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
-                                               label="Length penalty α (beam search; 0 = off)",
-                                               elem_id="length-penalty")
-                    no_repeat = gr.Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
-                                          label="No repeated n-grams of n words (0 = off)", elem_id="no-repeat")
-                with gr.Accordion("Overlay", open=True):
-                    opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity",
-                                        elem_id="opacity")
-                    smooth = gr.Slider(0.0, 2.0, value=0.5, step=0.05, elem_id="smooth",
-                                       label="Smoothing (Gaussian σ, in grid cells)")
-                    link = gr.Checkbox(True, label="Link the word sliders (when both captions "
-                                                   "have the same length)", elem_id="link")
+                with gr.Column(elem_id="settings"):
+                    with gr.Accordion("View", open=False):
+                        style = gr.Radio([("Spotlight", "spotlight"), ("Heatmap", "heatmap")],
+                                         value="spotlight", label="Attention drawn as", elem_id="style")
+                        plain = gr.Checkbox(False, label="Show the plain image", elem_id="plain")
+                        opacity = gr.Slider(0.0, 1.0, value=0.7, step=0.05, elem_id="opacity",
+                                            label="Strength (dimming / heatmap opacity)")
+                        smooth = gr.Slider(0.0, 2.0, value=0.5, step=0.05, elem_id="smooth",
+                                           label="Smoothing (Gaussian σ, in grid cells)")
+                        link = gr.Checkbox(True, label=LINK_RULE, elem_id="link")
+                    with gr.Accordion("Decoding", open=False):
+                        mode = gr.Radio(["beam", "greedy", "sample"], value="beam", label="Search",
+                                        elem_id="mode")
+                        beam = gr.Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
+                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
+                                                label="Temperature (sampling)")
+                        max_len = gr.Slider(1, MAX_LEN_LIMIT, value=20, step=1,
+                                            label="Max length (words)")
+                        length_penalty = gr.Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
+                                                   label="Length penalty α (beam search; 0 = off)",
+                                                   elem_id="length-penalty")
+                        no_repeat = gr.Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
+                                              label="No repeated n-grams of n words (0 = off)", elem_id="no-repeat")
             for name, text in zip(names, descriptions):
                 slot = next(s for s in studio.slots if s.name == name)
                 with gr.Column(scale=2, min_width=300, elem_id=f"{name}-column"):
                     gr.Markdown(f"### {TITLES.get(name, name)}")
-                    gr.Markdown(text, elem_id=f"{name}-info")
                     c = cols[name] = {}
-                    c["chips"] = gr.HTML('<div class="sat-caption"></div>', elem_id=f"{name}-caption")
+                    c["chips"] = gr.HTML('<div class="sat-caption"></div>', elem_id=f"{name}-caption",
+                                         js_on_load=CHIP_JS)
                     c["overlay"] = gr.Image(label=f"{name} attention", type="pil", format="png",
                                             interactive=False, height=400, elem_id=f"{name}-overlay")
+                    c["legend"] = gr.HTML(studio.legends("spotlight", False)[names.index(name)],
+                                          elem_id=f"{name}-legend")
                     # NOTE: buttons=[]: the reset button would move it without an `input` event.
                     c["slider"] = gr.Slider(1, 2, value=1, step=1, label="Word", interactive=False,
                                             buttons=[], elem_id=f"{name}-slider")
                     c["word"] = gr.Markdown("", elem_id=f"{name}-word")
                     c["grid"] = gr.DownloadButton("Download attention grid (PNG)", interactive=False,
                                                   size="sm", elem_id=f"{name}-grid")
+                    gr.Markdown(text, elem_id=f"{name}-info")
                     if slot.ready and slot.captioner.card:
                         with gr.Accordion("Model card", open=False):
                             gr.Markdown(slot.captioner.card)
@@ -102,35 +127,46 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
 
         sliders = [cols[n]["slider"] for n in names]
         grids = [cols[n]["grid"] for n in names]
-        caption_inputs = [upload, mode, beam, temperature, max_len, opacity, smooth, length_penalty, no_repeat]
+        view = [opacity, smooth, style, plain]
+        caption_inputs = [upload, mode, beam, temperature, max_len, opacity, smooth, length_penalty,
+                          no_repeat, style, plain]
         caption_outputs: list[gr.components.Component] = [state, status]
         for n in names:
             caption_outputs += [cols[n][k] for k in ("chips", "overlay", "slider", "word", "grid")]
         gr.on([upload.change, caption_btn.click], studio.on_caption, caption_inputs, caption_outputs,
               api_visibility="private", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY,
               trigger_mode="always_last").then(
-            studio.on_grids, [state, opacity, smooth], grids, api_visibility="private",
+            None, js=SCROLL_JS, api_visibility="private").then(
+            studio.on_grids, [state, opacity, smooth, style], grids, api_visibility="private",
             show_progress="minimal", concurrency_id="grids", concurrency_limit=1)
 
         scrub_outputs = [cols[n][k] for n in names for k in ("chips", "overlay", "slider", "word")]
         for name in names:
-            def scrub(result, link_on, op, sm, *positions, _moved=name):
-                return studio.on_scrub(_moved, result, positions, link_on, op, sm)
+            def scrub(result, link_on, op, sm, st, pl, *positions, _moved=name):
+                return studio.on_scrub(_moved, result, positions, link_on, op, sm, st, pl)
+
+            # NOTE: the event data must be a positional parameter for Gradio to fill it in
+            def click(evt: gr.EventData, result, link_on, op, sm, st, pl, *positions, _moved=name):
+                return studio.on_scrub(_moved, result, positions, link_on, op, sm, st, pl,
+                                       clicked=int(getattr(evt, "index", 0)))
 
             # NOTE: show_progress="hidden": a redraw takes tens of ms; a progress veil over both
             # columns on every slider step would flicker.
-            cols[name]["slider"].input(scrub, [state, link, opacity, smooth, *sliders], scrub_outputs,
+            cols[name]["slider"].input(scrub, [state, link, *view, *sliders], scrub_outputs,
                                        api_visibility="private", trigger_mode="always_last",
                                        show_progress="hidden")
+            cols[name]["chips"].click(click, [state, link, *view, *sliders], scrub_outputs,
+                                      api_visibility="private", trigger_mode="always_last",
+                                      show_progress="hidden")
 
-        def redraw(result, op, sm, *positions):
-            return studio.on_overlay_settings(result, positions, op, sm)
+        def redraw(result, op, sm, st, pl, *positions):
+            return [*studio.on_overlay_settings(result, positions, op, sm, st, pl), *studio.legends(st, pl)]
 
-        gr.on([opacity.change, smooth.change], redraw, [state, opacity, smooth, *sliders],
-              [cols[n]["overlay"] for n in names], api_visibility="private",
-              trigger_mode="always_last", show_progress="hidden")
-        gr.on([opacity.release, smooth.release], studio.on_grids, [state, opacity, smooth], grids,
-              api_visibility="private", trigger_mode="always_last", show_progress="minimal",
+        gr.on([opacity.change, smooth.change, style.change, plain.change], redraw, [state, *view, *sliders],
+              [cols[n]["overlay"] for n in names] + [cols[n]["legend"] for n in names],
+              api_visibility="private", trigger_mode="always_last", show_progress="hidden")
+        gr.on([opacity.release, smooth.release, style.change], studio.on_grids, [state, opacity, smooth, style],
+              grids, api_visibility="private", trigger_mode="always_last", show_progress="minimal",
               concurrency_id="grids", concurrency_limit=1)
 
         def pick_example(evt: gr.SelectData) -> str:

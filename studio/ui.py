@@ -1,17 +1,21 @@
 """The Gradio app: `create_app(soft=..., hard=...)` builds the Blocks; `serve` launches it.
 
-Layout: the upload, examples and controls on the left; one column per model (soft, hard) with its
-caption as word chips, the photo under the current word's attention, a word slider, the word's
-probability and a download button for the attention grid of every word.
+Layout: the upload (an image with preview, paste and webcam), examples and collapsed settings on
+the left; one column per model (soft, hard) with its caption as clickable word chips (and a copy
+button), the photo under the current word's attention (a spotlight by default: attended regions at
+full colour, the rest dimmed; a heatmap with a colour bar, or the plain photo, on request), a word
+slider, the word's probability and a download button for the attention grid of every word. On
+narrow screens the upload and the examples come first, then the results (scrolled to after a caption),
+then the settings.
 
-Word sliders and linking: each column has its own slider (1 … T, the caption's tokens, `<end>`
-included). While "Link the word sliders" is on (the default) and both captions have the same
-number of tokens, moving either slider moves the other to the same position; when the lengths
-differ each slider moves alone, so no column ever points past its own caption. Only user moves
-(the slider's `input` event) are handled, so setting the other slider never echoes back.
+Words and linking: each column has its own slider (1 … T, the caption's tokens, `<end>` included);
+clicking a chip selects that word too. While "Link" is on (the default), selecting word i in one
+column shows word min(i, T_other) in the other: the same word number, or the other caption's last
+token when it is shorter (LINK_RULE, shown on screen). Only user moves (the slider's `input`, a
+chip's click) are handled, so setting the other slider never echoes back.
 
-The upload is a `gr.File`, not a `gr.Image`: Gradio then hands us the file untouched and every
-format goes through `sat.image.load_image`, so unreadable files get our message, not a crash.
+The upload is `PhotoInput`, a `gr.Image` whose value is the uploaded file itself: every format goes
+through `sat.image.load_image` (16-bit, CMYK, EXIF …), so unreadable files get our message.
 """
 from __future__ import annotations
 
@@ -34,14 +38,57 @@ from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, Studi
 
 NAMES = ("soft", "hard")
 CSS = """
-.sat-caption { display: flex; flex-wrap: wrap; gap: 4px; font-size: 1.05rem; min-height: 2rem; }
+.sat-caption { display: flex; flex-wrap: wrap; gap: 4px; font-size: 1.05rem; min-height: 2rem;
+               align-items: center; }
 .sat-chip { padding: 1px 8px; border-radius: 999px; background: var(--neutral-100, #eee);
-            color: var(--neutral-800, #222); }
+            color: var(--neutral-800, #222); border: none; font: inherit; cursor: pointer; }
+.sat-chip:hover { outline: 2px solid var(--color-accent, #f97316); }
 .sat-chip.sat-end { font-family: monospace; opacity: .75; }
 .sat-chip.sat-current { background: var(--color-accent, #f97316); color: white; }
+.sat-copy { margin-left: auto; font-size: .8rem; padding: 1px 8px; border-radius: 6px; cursor: pointer;
+            border: 1px solid var(--neutral-300, #ccc); background: transparent; color: inherit; }
 .sat-warning { padding: 6px 10px; border-left: 4px solid #f59e0b; }
 .sat-cut { font-style: italic; opacity: .75; }
+.sat-legend { font-size: .85rem; opacity: .85; }
+#examples .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+#examples .thumbnail-item { min-width: 0; width: 100%; height: auto; aspect-ratio: 1; }
+#examples .top-panel { display: none; }
+#examples .grid-container { padding-top: 28px; }
+#examples .grid-wrap { height: auto !important; min-height: 0 !important; }
+#examples { flex-grow: 0 !important; }
+.sat-bar { display: inline-block; width: 140px; height: 10px; vertical-align: middle; margin: 0 4px;
+           background: linear-gradient(to right, #00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00,
+           #ff7f00, #ff0000, #7f0000); }
+@media (max-width: 768px) {
+  /* phones: the upload and the examples, then the results, then the settings */
+  #main-row { flex-direction: column; }
+  #input-col { display: contents; }
+  #upload, #caption-btn, #status, #examples { order: 0; }
+  #soft-column { order: 1; } #hard-column { order: 2; } #settings { order: 3; }
+}
 """
+LINK_RULE = ("Link the columns: the other column shows the same word number "
+             "(its last word when its caption is shorter)")
+PROB_HELP = "the model's probability for this word, given the image and the words before it"
+CHIP_JS = """
+element.addEventListener('click', (e) => {
+  const copy = e.target.closest('.sat-copy');
+  if (copy) {
+    const text = copy.dataset.copy;
+    const done = () => { copy.textContent = 'Copied ✓'; };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done);
+    else { const t = document.createElement('textarea'); t.value = text; document.body.appendChild(t);
+           t.select(); document.execCommand('copy'); t.remove(); done(); }
+    return;
+  }
+  const chip = e.target.closest('.sat-chip');
+  if (chip) trigger('click', {index: Number(chip.dataset.i)});
+});
+"""
+"""Chips are buttons: a click sends the word's index (0-based) as the HTML component's click event."""
+SCROLL_JS = """() => { if (window.innerWidth <= 768) {
+  document.querySelector('#soft-column')?.scrollIntoView({block: 'start'}); } }"""
+"""Phones, after a caption: bring the first result column (caption, then overlay) to the top."""
 GRID_MAX_AGE_S = 3600
 QUEUE_SIZE = 256
 """Requests waiting in Gradio's queue; beyond it a request gets Gradio's 'Queue is full, try again'
@@ -64,29 +111,46 @@ def _example_paths(folder: Path = EXAMPLES) -> list[str]:
 
 
 def caption_chips(result: StudioResult | None, name: str, index: int) -> str:
-    """The caption as word chips, the token at ``index`` (0-based) highlighted; a caption cut at the
-    max length is followed by "(cut at N words)"."""
+    """The caption as clickable word chips (``data-i``: the token's index), the token at ``index``
+    (0-based) highlighted, then a "Copy" button for the sentence; a caption cut at the max length is
+    followed by "(cut at N words)"."""
     if result is None or name not in result.outputs:
         return '<div class="sat-caption"></div>'
     cap = result.outputs[name].caption
     chips = []
     for i, (tok, p) in enumerate(zip(cap.tokens, cap.token_probs)):
         cls = "sat-chip" + (" sat-end" if tok == "<end>" else "") + (" sat-current" if i == index else "")
-        chips.append(f'<span class="{cls}" title="p = {p:.3f}">{html.escape(tok)}</span>')
+        chips.append(f'<button class="{cls}" data-i="{i}" title="{p:.0%}: {PROB_HELP}">{html.escape(tok)}</button>')
     if cap.truncated:
         chips.append(f'<span class="sat-cut">(cut at {len(cap.words)} words)</span>')
     text = html.escape(cap.text)
+    chips.append(f'<button class="sat-copy" data-copy="{text}" title="Copy the caption">Copy</button>')
     return f'<div class="sat-caption" data-caption="{text}">{"".join(chips)}</div>'
 
 
 def word_info(result: StudioResult | None, name: str, index: int) -> str:
+    """"Word i of T: **word** · 87%" and what the percentage is."""
     if result is None or name not in result.outputs:
         return ""
     cap = result.outputs[name].caption
     i = min(max(index, 0), len(cap.tokens) - 1)
     tok = cap.tokens[i]
     shown = "`<end>`" if tok == "<end>" else f"**{html.escape(tok)}**"
-    return f"Word {i + 1} of {len(cap.tokens)}: {shown} · p = {cap.token_probs[i]:.3f}"
+    return f"Word {i + 1} of {len(cap.tokens)}: {shown} · {cap.token_probs[i]:.0%}  \n<small>{PROB_HELP}</small>"
+
+
+def legend(style: str, plain: bool, *, hard: bool) -> str:
+    """One line under an overlay saying how to read it."""
+    if plain:
+        return '<div class="sat-legend">The plain image (untick "Show the plain image" for the attention).</div>'
+    if style == "heatmap":
+        text = 'Attention α: low<span class="sat-bar"></span>high (scaled per word).'
+    else:
+        text = "Bright: where the model looked for this word; dimmed: what it ignored."
+    text += " A dashed box, when shown, is the square the model saw."
+    if hard:
+        text += " Solid box: the one cell hard attention read (argmax α)."
+    return f'<div class="sat-legend">{text}</div>'
 
 
 class Studio:
@@ -96,21 +160,23 @@ class Studio:
         self.slots = list(slots)
         self.names = [s.name for s in self.slots]
         self.grid_dir = Path(tempfile.mkdtemp(prefix="sat-studio-grids-"))
+        self.hard = {s.name: bool(s.ready and s.captioner.config.attention == "hard") for s in self.slots}
 
     # ------------------------------------------------------------------ one column's outputs
     def _column(self, result: StudioResult | None, name: str, index: int, opacity: float,
-                smooth: float, *, slider: Any) -> list[Any]:
+                smooth: float, *, slider: Any, style: str = "spotlight", plain: bool = False) -> list[Any]:
         """[chips, overlay, slider, word info] for one model at token ``index`` (0-based)."""
         if result is None or name not in result.outputs:
             return [caption_chips(None, name, 0), None,
                     gr.Slider(minimum=1, maximum=2, value=1, interactive=False, label="Word"), ""]
-        img = render_overlay(result, name, index, opacity=opacity, smooth=smooth)
+        img = render_overlay(result, name, index, opacity=opacity, smooth=smooth, style=style, plain=plain)
         return [caption_chips(result, name, index), img, slider, word_info(result, name, index)]
 
     # ------------------------------------------------------------------ events
     def on_caption(self, path: str | None, mode: str, beam: float, temperature: float,
                    max_len: float, opacity: float, smooth: float, length_penalty: float = 0.0,
-                   no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> list[Any]:
+                   no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM, style: str = "spotlight",
+                   plain: bool = False) -> list[Any]:
         """Upload / example / Caption button → state, status and every column (word 1)."""
         # NOTE: raw values: DecodeOptions.checked parses them inside safe_caption's error handling
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
@@ -127,11 +193,12 @@ class Studio:
             # NOTE: Gradio needs minimum < maximum; a one-token caption gets a disabled 1–2 slider.
             slider = gr.Slider(minimum=1, maximum=max(n, 2), value=1, step=1, interactive=n > 1,
                                label=f"Word (1–{n})" if n else "Word")
-            outs += self._column(result, name, 0, opacity, smooth, slider=slider)
+            outs += self._column(result, name, 0, opacity, smooth, slider=slider, style=style, plain=plain)
             outs.append(gr.DownloadButton(value=None, interactive=False))
         return outs
 
-    def on_grids(self, result: StudioResult | None, opacity: float, smooth: float) -> list[Any]:
+    def on_grids(self, result: StudioResult | None, opacity: float, smooth: float,
+                 style: str = "heatmap") -> list[Any]:
         """After a caption (or an overlay setting change): write each model's attention grid PNG."""
         self._prune_grids()
         outs: list[Any] = []
@@ -140,37 +207,43 @@ class Studio:
                 outs.append(gr.DownloadButton(value=None, interactive=False))
                 continue
             folder = self.grid_dir / uuid.uuid4().hex[:12]
-            path = write_grid(result, name, folder, opacity=opacity, smooth=smooth)
+            path = write_grid(result, name, folder, opacity=opacity, smooth=smooth, style=style)
             outs.append(gr.DownloadButton(value=str(path), interactive=True))
         return outs
 
     def on_scrub(self, moved: str, result: StudioResult | None, positions: Sequence[float],
-                 link: bool, opacity: float, smooth: float) -> list[Any]:
-        """A word slider moved: redraw that column, and the others too when they are linked."""
+                 link: bool, opacity: float, smooth: float, style: str = "spotlight",
+                 plain: bool = False, *, clicked: int | None = None) -> list[Any]:
+        """Column ``moved`` selects a word (its slider moved, or chip ``clicked``, 0-based): redraw
+        it, and when linked the others at the same word number, clamped to their last token."""
         pos = dict(zip(self.names, (int(p) for p in positions)))
-        index = pos[moved] - 1
-        lengths = {n: result.n_tokens(n) if result is not None else 0 for n in self.names}
-        linked = bool(link) and len(set(lengths.values())) == 1
+        index = pos[moved] - 1 if clicked is None else int(clicked)
         outs: list[Any] = []
         for name in self.names:
-            if result is None or name not in result.outputs or (name != moved and not linked):
+            if result is None or name not in result.outputs or (name != moved and not link):
                 outs += [gr.skip()] * 4
                 continue
-            # NOTE: the moved slider is left alone (gr.skip) so a redraw never fights a drag.
-            slider = gr.skip() if name == moved else gr.Slider(value=index + 1)
-            outs += self._column(result, name, index, opacity, smooth, slider=slider)
+            i = min(max(index, 0), result.n_tokens(name) - 1)
+            # NOTE: a moved slider is left alone (gr.skip) so a redraw never fights a drag.
+            slider = gr.skip() if name == moved and clicked is None else gr.Slider(value=i + 1)
+            outs += self._column(result, name, i, opacity, smooth, slider=slider, style=style, plain=plain)
         return outs
 
     def on_overlay_settings(self, result: StudioResult | None, positions: Sequence[float],
-                            opacity: float, smooth: float) -> list[Any]:
-        """Opacity / smoothing changed: redraw every column's overlay at its current word."""
+                            opacity: float, smooth: float, style: str = "spotlight",
+                            plain: bool = False) -> list[Any]:
+        """Overlay settings changed: redraw every column's overlay at its current word."""
         outs: list[Any] = []
         for name, p in zip(self.names, positions):
             if result is None or name not in result.outputs:
                 outs.append(gr.skip())
                 continue
-            outs.append(render_overlay(result, name, int(p) - 1, opacity=opacity, smooth=smooth))
+            outs.append(render_overlay(result, name, int(p) - 1, opacity=opacity, smooth=smooth,
+                                       style=style, plain=plain))
         return outs
+
+    def legends(self, style: str, plain: bool) -> list[str]:
+        return [legend(style, plain, hard=self.hard[n]) for n in self.names]
 
     def api_caption(self, path: str | None, mode: str, beam: float, temperature: float,
                     max_len: float, length_penalty: float = 0.0,
@@ -228,4 +301,4 @@ def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: 
                        state_session_capacity=SESSIONS)
 
 
-__all__ = ["Studio", "caption_chips", "create_app", "serve", "word_info"]
+__all__ = ["LINK_RULE", "Studio", "caption_chips", "create_app", "legend", "serve", "word_info"]

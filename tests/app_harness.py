@@ -46,7 +46,8 @@ def open_page(url: str, *, width: int = 1400, height: int = 1000) -> Iterator["P
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True,
+                                    permissions=["clipboard-read", "clipboard-write"])
             page.goto(url)
             page.wait_for_selector("#upload", timeout=UI_TIMEOUT_MS)
             yield page
@@ -74,11 +75,8 @@ def wait_idle(page: "Page") -> None:
 
 
 def upload(page: "Page", path: str) -> None:
-    """Put a file into the upload box (clearing the previous one first)."""
-    clear = page.locator("#upload button[aria-label='Clear']")
-    if clear.count():
-        clear.first.click()
-        page.wait_for_selector("#upload input[type=file]", state="attached")
+    """Put a file into the image component, as a person choosing it does (a shown image is
+    replaced, not cleared first)."""
     page.set_input_files("#upload input[type=file]", path)
 
 
@@ -96,7 +94,7 @@ def step_word(page: "Page", name: str, presses: int = 1) -> str:
 # ----------------------------------------------------------------------------- the README picture
 
 def make_screenshot(out: Path, *, soft: Path, hard: Path, example: Path, word: int = 3) -> Path:
-    """Caption ``example``, move the soft column to word ``word`` and save the page as a PNG."""
+    """Caption ``example``, click the soft column's word ``word`` and save the page as a PNG."""
     from PIL import Image
 
     raw = out.with_suffix(".raw.png")
@@ -106,15 +104,17 @@ def make_screenshot(out: Path, *, soft: Path, hard: Path, example: Path, word: i
             wait_for_captions(page)
             n = page.locator("#soft-caption .sat-chip").count()
             if n > 1:
-                step_word(page, "soft", presses=min(word, n) - 1)
+                k = min(word, n)
+                page.locator("#soft-caption .sat-chip").nth(k - 1).click()
+                page.wait_for_function("k => document.querySelector('#soft-word').innerText.startsWith(`Word ${k} `)",
+                                       arg=k, timeout=UI_TIMEOUT_MS)
             page.wait_for_selector("#soft-grid:not([disabled])")  # the grids are written too
             wait_idle(page)
             page.wait_for_timeout(500)  # NOTE: let the last images load and fades finish
             page.screenshot(path=str(raw), full_page=False)
-    # NOTE: 256 colours with dithering keep the picture small in git (the UI is mostly flat
-    # colours) without banding the attention maps' gradients.
-    rgb = Image.open(raw).convert("RGB")
-    rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+    # NOTE: full colour: a 256-colour palette bands the spotlight's smooth dimming into contours
+    # and shifts the example thumbnails' colours (the green star came out olive); ≈ 300 KB.
+    Image.open(raw).convert("RGB").save(out, optimize=True)
     raw.unlink()
     return out
 

@@ -80,6 +80,7 @@ def test_caption_good_image_fills_both_columns(studio, good_jpeg):
     out = run(studio, good_jpeg)
     assert_captioned(out)
     assert "shapes.jpg (96×80)" in out[1]
+    assert out[0].outputs["hard"].hard and studio.hard == {"soft": False, "hard": True}  # its cell is outlined
     cap = out[0].outputs["soft"].caption
     assert (cap.tokens[-1] == "<end>") != cap.truncated  # ended by the model, or cut at max length
 
@@ -398,7 +399,7 @@ def test_a_cut_caption_is_shown_as_cut(studio, good_jpeg):
     for name, cap in cut.items():
         assert cap.tokens == cap.words and len(cap.words) == 2 and cap.attention.shape[0] == 2
         chips = caption_chips(result, name, 0)
-        assert chips.endswith('<span class="sat-cut">(cut at 2 words)</span></div>')
+        assert '<span class="sat-cut">(cut at 2 words)</span><button class="sat-copy"' in chips
         assert chips.count('class="sat-chip') == 2  # the note is no word chip
     ended = studio.on_caption(str(good_jpeg), "greedy", 3, 1.0, 8, 0.6, 0.5, 0.0, 1)[0]
     for name, o in ended.outputs.items():

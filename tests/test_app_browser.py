@@ -1,57 +1,95 @@
-"""The app in a real browser: upload, both captions, the word scrubber, the grid download, errors.
+"""The app in a real browser: upload through the image component, both captions, clicking words,
+linked scrubbing of captions of different lengths, copy, the overlay styles, the grid download,
+errors, and the phone layout (390×844: the caption and its overlay in the first screen).
 
-Both columns load the same tiny weights here, so their captions have the same length and the
-linked scrubbing is deterministic (different lengths are covered in tests/test_app_ui.py).
+The soft column runs the bundled weights (a real caption that ends) and the hard column a tiny
+random hard-attention model (nonsense cut at the max length), so the two captions differ in length.
 """
 from __future__ import annotations
 
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from sat.paths import REPO
-from tests.app_harness import open_page, overlay_src, running_app, step_word, upload, wait_for_captions
+from sat.paths import REPO, WEIGHTS
+from tests.app_harness import (open_page, overlay_src, running_app, step_word, upload, wait_for_captions,
+                               wait_idle)
 from tests.conftest import make_tiny_weights
 
 pytestmark = pytest.mark.slow  # NOTE: starts the app and Chromium
 
 EXAMPLE = REPO / "assets" / "examples" / "scene_008504.jpg"
+OTHER = REPO / "assets" / "examples" / "scene_008502.jpg"
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    w = make_tiny_weights(root / "w", seed=5)
-    with running_app("--soft", str(w), "--hard", str(w), log=root / "app.log") as url:
+    hard = make_tiny_weights(root / "hard", seed=5, attention="hard")
+    with running_app("--soft", str(WEIGHTS / "soft"), "--hard", str(hard), log=root / "app.log") as url:
         yield url
 
 
-def test_upload_scrub_download_and_errors(app_url, tmp_path):
+def chips(page, name: str) -> list[str]:
+    return page.locator(f"#{name}-caption .sat-chip").all_inner_texts()
+
+
+def word_is(page, name: str, prefix: str) -> None:
+    page.wait_for_function("([n, p]) => document.querySelector(`#${n}-word`).innerText.startsWith(p)",
+                           arg=[name, prefix], timeout=30_000)
+
+
+def test_upload_click_link_copy_styles_download_and_errors(app_url, tmp_path):
     with open_page(app_url) as page:
         upload(page, str(EXAMPLE))
         wait_for_captions(page)
         assert "scene_008504.jpg (224×224)" in page.inner_text("#status")
-        soft_words = page.locator("#soft-caption .sat-chip").all_inner_texts()
-        # NOTE: the tiny random weights rarely choose <end>: a caption cut at max_len says so instead
-        cut = page.locator("#soft-caption .sat-cut").all_inner_texts()
-        assert len(soft_words) >= 3
-        assert soft_words[-1] == "<end>" if not cut else cut == [f"(cut at {len(soft_words)} words)"]
-        assert page.locator("#hard-caption .sat-chip").all_inner_texts() == soft_words
-        assert page.inner_text("#soft-word").startswith(f"Word 1 of {len(soft_words)}")
-        soft0, hard0 = overlay_src(page, "soft"), overlay_src(page, "hard")
-        assert soft0 and hard0
+        assert page.locator("#upload img").count() >= 1  # the image component previews the upload
+        soft, hard = chips(page, "soft"), chips(page, "hard")
+        assert soft[-1] == "<end>" and len(hard) != len(soft), (soft, hard)  # different lengths
+        words = {"soft": soft, "hard": hard}
+        long, short = sorted(words, key=lambda n: -len(words[n]))
+        L, S = len(words[long]), len(words[short])
+        assert "%" in page.inner_text("#soft-word") and "probability for this word" in page.inner_text("#soft-word")
+        assert "Solid box" in page.inner_text("#hard-legend") and "Solid box" not in page.inner_text("#soft-legend")
 
-        # Scrub the soft column: its overlay changes, and the linked hard column follows.
-        soft1 = step_word(page, "soft")
-        assert soft1 != soft0
-        page.wait_for_function("s => document.querySelector('#hard-overlay img').src !== s", arg=hard0)
-        for name in ("soft", "hard"):
-            assert page.inner_text(f"#{name}-word").startswith(f"Word 2 of {len(soft_words)}: {soft_words[1]}")
-        assert "sat-current" in page.locator("#hard-caption .sat-chip").nth(1).get_attribute("class")
-        with urllib.request.urlopen(soft0) as a, urllib.request.urlopen(soft1) as b:
+        # Click the last word of the longer caption, past the shorter one's end: the linked column
+        # stops at its last token (same index, clamped).
+        soft0, long0 = overlay_src(page, "soft"), overlay_src(page, long)
+        page.locator(f"#{long}-caption .sat-chip").nth(L - 1).click()
+        word_is(page, long, f"Word {L} of {L}")
+        word_is(page, short, f"Word {S} of {S}")
+        assert "sat-current" in page.locator(f"#{long}-caption .sat-chip").last.get_attribute("class")
+        assert "sat-current" in page.locator(f"#{short}-caption .sat-chip").last.get_attribute("class")
+        assert page.locator(f"#{long}-slider input[type=number]").input_value() == str(L)
+        assert overlay_src(page, long) != long0
+        # A click on the shorter caption moves the longer one to the same word.
+        page.locator(f"#{short}-caption .sat-chip").nth(1).click()
+        word_is(page, short, f"Word 2 of {S}: {words[short][1]}")
+        word_is(page, long, f"Word 2 of {L}: {words[long][1]}")
+        # The slider scrubs too (a user `input`), and the other column follows.
+        soft2 = step_word(page, "soft")
+        word_is(page, "hard", f"Word 3 of {len(hard)}")
+        with urllib.request.urlopen(soft0) as a, urllib.request.urlopen(soft2) as b:
             assert a.read() != b.read()  # different pixels, not just a new URL
-        page.screenshot(path=str(tmp_path / "scrubbed.png"), full_page=True)
+
+        # Copy the caption as a sentence.
+        page.locator("#soft-caption .sat-copy").click()
+        page.wait_for_function("() => document.querySelector('#soft-caption .sat-copy').innerText.startsWith('Copied')")
+        assert page.evaluate("() => navigator.clipboard.readText()") == " ".join(soft[:-1])
+
+        # The heatmap, with its colour bar, then the plain image.
+        before = overlay_src(page, "soft")
+        page.get_by_text("View", exact=True).click()
+        page.get_by_role("radio", name="Heatmap").check()
+        page.wait_for_selector("#soft-legend .sat-bar")
+        page.wait_for_function("s => document.querySelector('#soft-overlay img').src !== s", arg=before)
+        page.get_by_role("checkbox", name="Show the plain image").check()
+        page.wait_for_function("() => document.querySelector('#soft-legend').innerText.includes('plain image')")
+        wait_idle(page)
+        page.screenshot(path=str(tmp_path / "desktop.png"), full_page=True)
 
         # The attention grid of every word downloads as a PNG.
         page.wait_for_selector("#soft-grid:not([disabled])")
@@ -61,6 +99,19 @@ def test_upload_scrub_download_and_errors(app_url, tmp_path):
         dl.value.save_as(grid)
         assert Image.open(grid).format == "PNG"
 
+        # A new image replaces the shown one, no clearing first; 16-bit and CMYK files are captioned
+        # through the image component (that their bytes reach load_image unchanged is checked in
+        # tests/test_app.py::test_photo_input_hands_over_the_uploaded_file_intact).
+        upload(page, str(OTHER))
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('scene_008502.jpg')")
+        deep, cmyk = tmp_path / "deep.png", tmp_path / "cmyk.jpg"
+        Image.fromarray(np.tile(np.linspace(0, 60000, 64).astype(np.uint16), (48, 1))).save(deep)
+        Image.new("CMYK", (80, 60), (0, 200, 200, 0)).save(cmyk)
+        for f, size in ((deep, "64×48"), (cmyk, "80×60")):
+            upload(page, str(f))
+            page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)",
+                                   arg=f"Captioned {f.name} ({size})")
+
         # A non-image gets our message; the app then captions an example picked from the gallery.
         bad = tmp_path / "letter.png"
         bad.write_text("Dear model, this is not a picture.")
@@ -69,8 +120,22 @@ def test_upload_scrub_download_and_errors(app_url, tmp_path):
         status = page.inner_text("#status")
         assert "letter.png" in status and "not an image file" in status and "Traceback" not in status
         assert page.locator("#soft-caption .sat-chip").count() == 0
-        page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
-        page.locator("#examples .thumbnail-item").first.click()
+        page.locator("#examples .thumbnail-item").nth(3).click()  # all four examples are on screen
         wait_for_captions(page)
-        assert "scene_008502.jpg" in page.inner_text("#status")
-    assert (tmp_path / "scrubbed.png").stat().st_size > 10_000
+        assert "scene_" in page.inner_text("#status")
+    assert (tmp_path / "desktop.png").stat().st_size > 10_000
+
+
+def test_phone_shows_the_caption_and_its_overlay_in_the_first_screen(app_url):
+    with open_page(app_url, width=390, height=844) as page:
+        upload(page, str(EXAMPLE))
+        wait_for_captions(page)
+        wait_idle(page)
+        page.wait_for_timeout(300)
+        for sel in ("#soft-caption", "#soft-overlay img"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 844, (sel, box)
+        # the upload and the examples, then the results, then the (collapsed) settings
+        y = {s: page.locator(s).bounding_box()["y"] for s in ("#upload", "#examples", "#soft-column", "#hard-column", "#settings")}
+        assert y["#upload"] < y["#examples"] < y["#soft-column"] < y["#hard-column"] < y["#settings"], y
+        assert not page.locator("#mode").is_visible()  # the decoding settings start collapsed

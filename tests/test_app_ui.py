@@ -61,9 +61,9 @@ def test_equal_lengths_linked_both_follow(studio):
     assert cols["hard"][2].value == 3  # the other slider jumps to the same word
     for name, word in (("soft", "circle"), ("hard", "square")):
         chips, overlay, _, info = cols[name]
-        assert 'sat-current" title="p = 0.600">' + word in chips
-        assert info.startswith(f"Word 3 of 4: **{word}** · p = 0.600")
-        assert overlay == render_overlay(res, name, 2)  # same pixels as a direct render
+        assert 'sat-current" data-i="2" title="60%: ' in chips and f">{word}</button>" in chips
+        assert info.startswith(f"Word 3 of 4: **{word}** · 60%") and "probability for this word" in info
+        assert overlay == render_overlay(res, name, 2, opacity=0.6)  # same pixels as a direct render
 
 
 def test_equal_lengths_unlinked_only_the_moved_column(studio):
@@ -73,14 +73,24 @@ def test_equal_lengths_unlinked_only_the_moved_column(studio):
     assert "`<end>`" in cols["hard"][3] and 'sat-end sat-current' in cols["hard"][0]
 
 
-def test_different_lengths_each_column_moves_alone(studio):
-    res = fake_result(["a", "circle"], ["a", "small", "blue", "square"])
+def test_different_lengths_linked_same_index_clamped(studio):
+    res = fake_result(["a", "circle"], ["a", "small", "blue", "square"])  # 3 and 5 tokens
     cols = columns(studio.on_scrub("hard", res, (1, 5), True, 0.6, 0.5))
-    assert all(is_skip(x) for x in cols["soft"])  # soft has 3 tokens: no word 5 to follow to
-    assert cols["hard"][3].startswith("Word 5 of 5")
+    assert cols["hard"][3].startswith("Word 5 of 5") and is_skip(cols["hard"][2])
+    assert cols["soft"][2].value == 3 and cols["soft"][3].startswith("Word 3 of 3: `<end>`")  # clamped
     cols = columns(studio.on_scrub("soft", res, (2, 5), True, 0.6, 0.5))
-    assert all(is_skip(x) for x in cols["hard"])
     assert cols["soft"][3].startswith("Word 2 of 3: **circle**")
+    assert cols["hard"][2].value == 2 and cols["hard"][3].startswith("Word 2 of 5: **small**")
+
+
+def test_clicking_a_chip_selects_that_word_in_both_columns(studio):
+    res = fake_result(["a", "circle"], ["a", "small", "blue", "square"])
+    cols = columns(studio.on_scrub("hard", res, (1, 1), True, 0.6, 0.5, clicked=3))
+    assert cols["hard"][2].value == 4  # the clicked column's slider is set too
+    assert cols["hard"][3].startswith("Word 4 of 5: **square**") and 'sat-current" data-i="3"' in cols["hard"][0]
+    assert cols["soft"][2].value == 3  # linked: same index, clamped to soft's 3 tokens
+    cols = columns(studio.on_scrub("soft", res, (1, 1), False, 0.6, 0.5, clicked=1))
+    assert cols["soft"][2].value == 2 and all(is_skip(x) for x in cols["hard"])
 
 
 def test_scrub_before_any_caption_does_nothing(studio):
@@ -90,26 +100,55 @@ def test_scrub_before_any_caption_does_nothing(studio):
 def test_overlay_follows_the_word_and_the_settings():
     res = fake_result(["a", "red", "circle"], ["a"])
     first, second = render_overlay(res, "soft", 0), render_overlay(res, "soft", 1)
+    def heat(*args, **kw):
+        return render_overlay(*args, style="heatmap", **kw)
     assert first.size == (90, 90) and first != second
     # unsmoothed, the peak cell is the only red one: cell 0 (top left), then 1 (top middle)
     def red_cells(im: Image.Image) -> np.ndarray:
         a = np.asarray(im, dtype=float)
         return ((a[..., 0] - a[..., 2]) > 40).reshape(3, 30, 3, 30).mean(axis=(1, 3))
     for index, cell in ((0, (0, 0)), (1, (0, 1))):
-        hot = red_cells(render_overlay(res, "soft", index, smooth=0.0))
+        hot = red_cells(heat(res, "soft", index, smooth=0.0))
         assert hot[cell] > 0.95 and np.delete(hot.ravel(), cell[0] * 3 + cell[1]).max() < 0.05
     assert render_overlay(res, "soft", 99) == render_overlay(res, "soft", 3)  # clamped to <end>
-    grey = np.asarray(render_overlay(res, "soft", 0, opacity=0.0))
-    assert (grey == 128).all()  # opacity 0: the photo itself
-    sharp, smooth = (np.asarray(render_overlay(res, "soft", 0, smooth=s), dtype=int) for s in (0.0, 1.5))
+    for style in ("heatmap", "spotlight"):
+        grey = np.asarray(render_overlay(res, "soft", 0, opacity=0.0, style=style))
+        assert (grey == 128).all()  # opacity 0: the photo itself
+    assert (np.asarray(render_overlay(res, "soft", 0, plain=True)) == 128).all()
+    spot = np.asarray(render_overlay(res, "soft", 0, smooth=0.0, opacity=0.75), dtype=int)  # spotlight
+    assert (spot[5:25, 5:25] == 128).all() and (spot[35:85, 35:85] < 50).all()  # cell 0 lit, the rest dimmed
+    sharp, smooth = (np.asarray(heat(res, "soft", 0, smooth=s), dtype=int) for s in (0.0, 1.5))
     assert np.abs(sharp - smooth).max() > 20
+
+
+def test_hard_attention_outlines_the_cell_it_read_and_the_crop_is_drawn():
+    res = fake_result(["a", "red", "circle"], ["a", "blue"])
+    res.outputs["hard"].hard = True
+    for index, (r, c) in ((0, (0, 0)), (2, (0, 2))):  # peaked(): token t's argmax is cell t
+        a = np.asarray(render_overlay(res, "hard", index, opacity=0.0), dtype=int)
+        x0, y0 = 30 * c, 30 * r
+        assert (a[y0, x0:x0 + 30] == 255).all() and (a[y0:y0 + 30, x0] == 255).all()  # white outline
+        assert (a[45, 45] == 128).all() and (a[89, :] == 128).all()  # nothing drawn elsewhere
+    wide = StudioResult(display=Image.new("RGB", (180, 90), (128, 128, 128)), size=(180, 90))
+    wide.outputs["soft"] = res.outputs["soft"]
+    a = np.asarray(render_overlay(wide, "soft", 0, opacity=0.75, smooth=1.0), dtype=int)
+    assert (a[:, :44] == 32).all() and (a[:, 136:] == 32).all()  # cropped-off strips: dimmed, no attention
+    assert (a[20:70, 45] == 255).any()  # the dashed outline of the square the model saw (x 45 … 135)
+
+
+def test_legends_say_how_to_read_the_overlay(studio):
+    from studio.ui import legend
+    assert "Bright" in legend("spotlight", False, hard=False) and "Solid box" not in legend("spotlight", False, hard=False)
+    assert "sat-bar" in legend("heatmap", False, hard=True) and "argmax" in legend("heatmap", False, hard=True)
+    assert "plain image" in legend("heatmap", True, hard=True)
 
 
 def test_overlay_settings_redraw_every_column(studio):
     res = fake_result(["a", "red"], ["a", "blue", "big", "square"])
-    soft, hard = studio.on_overlay_settings(res, (2, 4), 0.3, 1.0)
-    assert soft == render_overlay(res, "soft", 1, opacity=0.3, smooth=1.0)
-    assert hard == render_overlay(res, "hard", 3, opacity=0.3, smooth=1.0)
+    soft, hard = studio.on_overlay_settings(res, (2, 4), 0.3, 1.0, "heatmap")
+    assert soft == render_overlay(res, "soft", 1, opacity=0.3, smooth=1.0, style="heatmap")
+    assert hard == render_overlay(res, "hard", 3, opacity=0.3, smooth=1.0, style="heatmap")
+    assert soft != render_overlay(res, "soft", 1, opacity=0.3, smooth=1.0)  # spotlight differs
     assert all(is_skip(x) for x in studio.on_overlay_settings(None, (1, 1), 0.3, 1.0))
 
 
@@ -181,3 +220,34 @@ def test_attention_grids_beside_the_examples_are_not_examples(tmp_path):
     for name in ("scene_1.jpg", "photo.png", "attention_1.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"x") if name.endswith(".txt") else Image.new("RGB", (4, 4)).save(tmp_path / name)
     assert [p.rsplit("/", 1)[-1] for p in _example_paths(tmp_path)] == ["photo.png", "scene_1.jpg"]
+
+
+def test_photo_input_hands_over_the_uploaded_file_intact(tmp_path):
+    """The upload component passes 16-bit, CMYK and non-image files untouched to load_image;
+    pasted / webcam data URLs are written to a file by Gradio and decoded the same way."""
+    import base64
+    import io
+    from pathlib import Path
+
+    from gradio.data_classes import ImageData
+
+    from sat.image import load_image
+    from studio.layout import PhotoInput
+
+    comp = PhotoInput(type="filepath")
+    assert comp.get_block_name() == "image"  # Gradio's own Image front end
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)).save(deep)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (40, 30), (0, 200, 200, 0)).save(cmyk)
+    letter = tmp_path / "letter.png"
+    letter.write_text("not a picture")
+    for path in (deep, cmyk, letter):
+        got = comp.preprocess(ImageData(path=str(path), orig_name=path.name))
+        assert got == str(path) and Path(got).read_bytes() == path.read_bytes()
+    assert Image.open(deep).mode.startswith("I")  # still 16-bit on disk: load_image rescales it
+    assert load_image(comp.preprocess(ImageData(path=str(cmyk), orig_name="cmyk.jpg"))).getpixel((5, 5))[0] > 200
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (250, 10, 10)).save(buf, "PNG")
+    pasted = comp.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
+    assert load_image(pasted).size == (8, 6)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sat.viz import (attention_grid, attention_grid_png, normalize_for_display, overlay,
-                     save_attention_grid, upsample_attention)
+from sat.viz import (attention_grid, attention_grid_png, draw_box, normalize_for_display, overlay,
+                     save_attention_grid, square_box, upsample_attention)
 from tests.conftest import make_tiny_weights
 
 
@@ -144,6 +144,40 @@ def test_overlay_size_mode_and_blend():
     assert overlay(Image.new("L", (30, 20)), m).mode == "RGB"
     with pytest.raises(ValueError, match="does not match"):
         overlay(img, np.zeros((30, 20)))
+
+
+def test_spotlight_keeps_attended_colours_and_dims_the_rest_and_the_cropped_strips():
+    # a yellow circle's colour must survive where the model looked (issue 15: jet turned it grey)
+    img = Image.new("RGB", (300, 200), (250, 220, 30))
+    m = upsample_attention(one_hot(2, 2, 0, 1), size=img.size, resize="crop", image_size=224, smooth=0)
+    a = np.asarray(overlay(img, m, opacity=0.75, style="spotlight"), dtype=int)
+    x0, x1, y0, y1 = (round(v) for v in cell_region(img.size, 0, 1, grid=(2, 2), resize="crop"))
+    assert (a[y0 + 2:y1 - 2, x0 + 2:x1 - 2] == [250, 220, 30]).all()  # full brightness and colour
+    assert np.abs(a[150, 100] - np.array([250, 220, 30]) * 0.25).max() <= 1  # another cell: dimmed
+    assert np.abs(a[:, :45] - np.array([250, 220, 30]) * 0.25).max() <= 1  # cropped-off strip: dimmed
+    assert (np.asarray(overlay(img, m, opacity=0.0, style="spotlight")) == np.asarray(img)).all()
+    with pytest.raises(ValueError, match="style"):
+        overlay(img, m, style="glow")
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+def test_square_box_and_cell_boxes_follow_the_crop_geometry(resize):
+    size = (300, 200)
+    seen = square_box(size, resize=resize, image_size=224)
+    assert seen == ((50, 0, 250, 200) if resize == "crop" else (0, 0, 300, 200))
+    for i, j in ((0, 0), (1, 2), (2, 1)):
+        x0, x1, y0, y1 = cell_region(size, i, j, grid=(3, 3), resize=resize)
+        box = square_box(size, resize=resize, image_size=224, cell=(i, j), grid=(3, 3))
+        expect = (max(0, x0), max(0, y0), min(300, x1), min(200, y1))
+        if expect[3] <= expect[1]:  # a cell wholly over the padding
+            assert box is None
+        else:
+            assert np.allclose(box, expect, atol=1.5), (box, expect)
+    img = draw_box(Image.new("RGB", size, (0, 0, 0)), (10, 20, 60, 80), width=2)
+    a = np.asarray(img)
+    assert (a[20, 10:60] == 255).all() and (a[79, 10:60] == 255).all() and (a[50, 30] == 0).all()
+    dashed = np.asarray(draw_box(Image.new("RGB", size, (0, 0, 0)), (10, 20, 60, 80), dash=4))
+    assert 0 < (dashed[20, 10:60, 0] == 255).mean() < 1  # gaps in the dashed line
 
 
 def test_attention_grid_panels_titles_and_wrapping():
