@@ -13,7 +13,7 @@ time steps that, at every step t:
   stochastic penalty.
 
 This module keeps that control flow and compute pattern, with the tutorial's module names, but the
-*equations* of `sat.decoder.LSTMDecoder` (tanh-additive attention, h_0/c_0 = tanh(f_init(mean a)),
+*equations* of `sat.decoders.lstm.LSTMDecoder` (tanh-additive attention, h_0/c_0 = tanh(f_init(mean a)),
 the deep output layer, our form of the penalty), so that `load_from` can copy our weights in and
 the two decoders compute the same loss on the same batch. That makes the speed comparison about
 how the work is organised, not about what is computed.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from sat.decoder import LSTMDecoder
+from sat.decoders.lstm import LSTMDecoder
 
 
 class TutorialAttention(nn.Module):

@@ -26,10 +26,15 @@ step only projects the query: the projection of all L vectors is not recomputed 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
+
+from .kernels import use_cpu_kernels
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
@@ -61,8 +66,31 @@ def doubly_stochastic(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((1.0 - coverage) ** 2).mean()
 
 
+_ATTENTIONS: dict[str, type["Attention"]] = {}
+
+
+def register_attention(name: str) -> Callable[[type["Attention"]], type["Attention"]]:
+    """Class decorator: `create_attention(name, ...)` builds this class."""
+    def add(cls: type["Attention"]) -> type["Attention"]:
+        if name in _ATTENTIONS and _ATTENTIONS[name] is not cls:
+            raise ValueError(f"attention {name!r} is already registered (by {_ATTENTIONS[name].__qualname__})")
+        _ATTENTIONS[name] = cls
+        return cls
+    return add
+
+
+def list_attentions() -> list[str]:
+    """Registered attention kinds, sorted."""
+    return sorted(_ATTENTIONS)
+
+
 class Attention(nn.Module):
     """Interface: `prepare` once per image, `forward` every step, `regularizer` in the loss."""
+
+    @classmethod
+    def options(cls, config: "ModelConfig") -> dict[str, Any]:
+        """This kind's own constructor options, read from a model config (default: none)."""
+        return {}
 
     def prepare(self, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -74,12 +102,14 @@ class Attention(nn.Module):
         raise NotImplementedError
 
     def regularizer(self, alphas: torch.Tensor, sample_logp: torch.Tensor | None, token_logp: torch.Tensor,
-                    mask: torch.Tensor, *, alpha_c: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """Extra loss terms of this kind (default: the doubly stochastic penalty)."""
+                    mask: torch.Tensor, *, alpha_c: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Extra loss terms of this kind (default: the doubly stochastic penalty); stats as 0-dim
+        tensors (no host sync in the loss: the training loop reads them once per step)."""
         reg = doubly_stochastic(alphas, mask)
-        return alpha_c * reg, {"att_reg": float(reg.detach())}
+        return alpha_c * reg, {"att_reg": reg.detach()}
 
 
+@register_attention("soft")
 class SoftAttention(Attention):
     """Additive (Bahdanau) attention, the paper's deterministic 'soft' attention."""
 
@@ -100,7 +130,7 @@ class SoftAttention(Attention):
         B, L, A = keys.shape
         rows = max(1, self.CHUNK_ELEMENTS // max(1, L * A))
         with _float32(keys):
-            if torch.is_grad_enabled() or B <= rows:
+            if torch.is_grad_enabled() or B <= rows or not use_cpu_kernels(keys):
                 e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
             else:
                 # NOTE: search runs B = images × beams rows: a (B, L, A) intermediate of tens of MB goes
@@ -114,6 +144,7 @@ class SoftAttention(Attention):
         return _weighted(alpha, feats), alpha, None
 
 
+@register_attention("hard")
 class HardAttention(SoftAttention):
     """Stochastic hard attention: the soft model's α_t used as a distribution over locations."""
 
@@ -134,6 +165,12 @@ class HardAttention(SoftAttention):
         # b_t: moving average of the reward at caption position t
         self.register_buffer("baseline", torch.zeros(self.POSITIONS))
         self.register_buffer("baseline_set", torch.zeros(self.POSITIONS, dtype=torch.bool))
+
+    @classmethod
+    def options(cls, config: "ModelConfig") -> dict[str, Any]:
+        # NOTE: flat hard_* fields in ModelConfig so that config.json files stay as they are
+        return dict(entropy_weight=config.hard_entropy, reinforce_weight=config.hard_reinforce,
+                    reward=config.hard_reward, test_rule=config.hard_test_rule)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # NOTE: weights saved before per-position baselines hold one scalar b: it becomes every b_t
@@ -188,7 +225,7 @@ class HardAttention(SoftAttention):
         n = mask.sum().clamp_min(1.0)
         mean_entropy = (entropy * mask).sum() / n
         loss = -self.entropy_weight * mean_entropy
-        stats = {"entropy": float(mean_entropy.detach()), "baseline": float(self.baseline[0])}
+        stats = {"entropy": mean_entropy.detach(), "baseline": self.baseline[0].clone()}
         if alpha_c:  # the doubly stochastic penalty on α, as for soft attention (off by default)
             penalty, penalty_stats = Attention.regularizer(self, alphas, sample_logp, token_logp, mask, alpha_c=alpha_c)
             loss = loss + penalty
@@ -201,11 +238,12 @@ class HardAttention(SoftAttention):
         # NOTE: per token, as the cross-entropy: summed over the caption, λ_r = 1 would weigh the
         # REINFORCE term ~T times the likelihood term and the gradient clip would mostly cut the latter.
         loss = loss - self.reinforce_weight * (advantage * sample_logp).sum() / n
-        stats.update({"reward": float((token_logp.detach() * mask).sum(1).mean()),
-                      "advantage": float(advantage.abs().sum() / n)})
+        stats.update({"reward": (token_logp.detach() * mask).sum(1).mean(),
+                      "advantage": advantage.abs().sum() / n})
         return loss, stats
 
 
+@register_attention("dot")
 class DotAttention(Attention):
     """Multiplicative attention e_tj = (Q s_t)ᵀ K x_j, scaled by 1/√A."""
 
@@ -226,6 +264,7 @@ class DotAttention(Attention):
         return _weighted(alpha, feats), alpha, None
 
 
+@register_attention("uniform")
 class UniformAttention(Attention):
     """p_tj = 1/L: the context is the mean annotation vector at every step."""
 
@@ -243,18 +282,17 @@ class UniformAttention(Attention):
         return alphas.new_zeros(()), {}  # constant: nothing to learn
 
 
-_REGISTRY: dict[str, Callable[..., Attention]] = {
-    "soft": SoftAttention,
-    "hard": HardAttention,
-    "dot": DotAttention,
-    "uniform": UniformAttention,
-}
-
-
 def create_attention(name: str, *, encoder_dim: int, decoder_dim: int, attention_dim: int,
                      **options) -> Attention:
     """Build a registered attention kind by name (options go to kinds that take them)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attention {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](encoder_dim=encoder_dim, decoder_dim=decoder_dim, attention_dim=attention_dim,
-                           **options)
+    if name not in _ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; known: {', '.join(list_attentions())}")
+    return _ATTENTIONS[name](encoder_dim=encoder_dim, decoder_dim=decoder_dim, attention_dim=attention_dim,
+                             **options)
+
+
+def attention_from_config(config: "ModelConfig") -> Attention:
+    """The attention kind a model config names, with that kind's options (`Attention.options`)."""
+    cls = _ATTENTIONS.get(config.attention)
+    return create_attention(config.attention, encoder_dim=config.encoder_dim, decoder_dim=config.decoder_dim,
+                            attention_dim=config.attention_dim, **(cls.options(config) if cls else {}))

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_json
+from .attention import list_attentions
+from .decoders.registry import decoder_class, list_decoders
 from .image import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, RESIZE_MODES
 
-ATTENTIONS = ("soft", "hard", "dot", "uniform")
-DECODERS = ("lstm", "gru", "transformer")
 INT_LIMITS: dict[str, tuple[int, int]] = {
     "image_size": (0, 2048), "finetune_blocks": (0, 64), "encoder_dim": (1, 16384),
     "vocab_size": (0, 1_000_000), "max_len": (1, 100), "embed_dim": (1, 16384),
@@ -22,6 +22,16 @@ allocated, so a typo (or a hostile file) saying decoder_dim=10**9 is refused, no
 MAX_GRID_SIDE = 256
 UNCHECKED_TYPES = ("encoder", "feature_map")
 """Fields whose values the encoder registry validates (their kinds may vary by encoder)."""
+
+
+def __getattr__(name: str) -> Any:
+    # NOTE: ATTENTIONS / DECODERS are read from the registries when asked for, so a kind registered
+    # later (a plug-in decoder file) is listed too
+    if name == "ATTENTIONS":
+        return tuple(list_attentions())
+    if name == "DECODERS":
+        return tuple(list_decoders())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -96,16 +106,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.decoder == "transformer" and self.attention != "soft":
-            raise ValueError("the transformer decoder has its own (soft, multi-head) cross-attention: "
-                             "use attention='soft'")
-        if self.decoder == "transformer" and (self.layers < 1 or self.heads < 1 or self.embed_dim % self.heads):
-            raise ValueError(f"transformer needs layers ≥ 1 and embed_dim ({self.embed_dim}) divisible by "
-                             f"heads ({self.heads})")
+        if self.attention not in list_attentions():
+            raise ValueError(f"attention must be one of {tuple(list_attentions())}, got {self.attention!r}")
+        if self.decoder not in list_decoders():
+            raise ValueError(f"decoder must be one of {tuple(list_decoders())}, got {self.decoder!r}")
+        decoder_class(self.decoder).check_config(self)  # the kind's own rules (transformer: soft, heads)
         if self.init_state not in ("mean", "zeros"):
             raise ValueError(f"init_state must be 'mean' or 'zeros', got {self.init_state!r}")
         if self.hard_test_rule not in ("argmax", "expectation"):

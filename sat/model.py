@@ -10,15 +10,21 @@ the course of the caption: Σ_t runs over real steps only, and the paper's Σ_i 
 is an average here (1/L Σ_i), so it sits on the cross-entropy's per-token scale whatever the grid
 (`sat.attention.doubly_stochastic`).
 
-The training loop sees only `loss(...)`, so it works with any decoder the registry builds.
+The training loop sees only `model(fmap, captions)` = `forward`, the loss with its stats as 0-dim
+tensors (no host sync inside, so `torch.compile` and DistributedDataParallel see one graph-friendly
+call), so it works with any decoder the registry builds; `loss(...)` is the same with the stats as
+floats. The per-token cross-entropy is `sat.xent.token_nll` with the CPU kernels on
+(sat/kernels.py), else `F.cross_entropy`.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .decoder import create_decoder
+from .decoders import create_decoder
+from .kernels import use_cpu_kernels
 from .xent import token_nll
 
 
@@ -43,11 +49,12 @@ class CaptionModel(nn.Module):
             x = torch.zeros_like(x)
         return x
 
-    def loss(self, fmap: torch.Tensor, captions: torch.Tensor, *, pad_id: int = 0,
-             alpha_c: float = 1.0, n_tokens: float | None = None,
-             share: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, fmap: torch.Tensor, captions: torch.Tensor, *, pad_id: int = 0,
+                alpha_c: float = 1.0, n_tokens: float | None = None,
+                share: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """fmap (B, C, h, w), captions (B, T+1) = <start> w_1 … <end> <pad>… → scalar loss, stats.
 
+        Stats ("loss", "xent", the attention kind's, "tokens") are detached 0-dim tensors.
         The attention kind adds its own terms (`Decoder.regularizer`): the doubly stochastic
         penalty for soft/dot, REINFORCE + entropy for hard, nothing for uniform.
 
@@ -62,11 +69,30 @@ class CaptionModel(nn.Module):
         # NOTE: float32 whatever the logits' dtype: under bf16 autocast a bf16 token count is
         # inexact above 256, and the loss is summed in float32.
         nll = logits.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(
-            mask, token_nll(logits, targets[mask]))  # (B, T), 0 at pads; sat/xent.py
+            mask, self._token_nll(logits, targets[mask]))  # (B, T), 0 at pads
         mask = mask.float()
         denom = mask.sum().clamp_min(1.0) if n_tokens is None else max(float(n_tokens), 1.0)
         xent = nll.sum() / denom
         extra, stats = self.decoder.regularizer(alphas, sample_logp, -nll, mask, alpha_c=alpha_c)  # -nll: (B, T)
         loss = xent + share * extra
-        return loss, {"loss": float(loss.detach()), "xent": float(xent.detach()), **stats,
-                      "tokens": float(mask.sum())}
+        return loss, {"loss": loss.detach(), "xent": xent.detach(), **stats, "tokens": mask.sum()}
+
+    @staticmethod
+    def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """−log p(target) (N,) float32: the chunked kernel (sat/xent.py) or the plain op."""
+        if use_cpu_kernels(logits):
+            return token_nll(logits, targets)
+        return F.cross_entropy(logits.float(), targets, reduction="none")
+
+    def loss(self, fmap: torch.Tensor, captions: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+        """`forward` with the stats as floats (one host sync; keyword arguments as `forward`'s)."""
+        loss, stats = self(fmap, captions, **kwargs)
+        return loss, stats_to_floats(stats)
+
+
+def stats_to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-dim tensor stats → floats in one device-to-host copy."""
+    if not stats:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()) for v in stats.values()]).tolist()
+    return dict(zip(stats, values))

@@ -1,4 +1,4 @@
-"""Caption search over any `sat.decoder.Decoder`: greedy, temperature sampling and batched beam search.
+"""Caption search over any `sat.decoders.Decoder`: greedy, temperature sampling and batched beam search.
 
 Every mode returns, per image, a `Hypothesis`: the generated token ids (ending with <end> when the
 model produced it), one attention map per generated token (T, L), the per-token log-probabilities,
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import INT_LIMITS
-from .decoder import Decoder, Memory, State
+from .decoders import Decoder, Memory, State
 
 MAX_BEAM_SIZE = 20
 """Largest beam `Captioner` and `python -m sat` accept: time and memory grow with K (K = 10 000

@@ -15,7 +15,8 @@ all its consumers are done, so `_Collect.backward` runs after the last step's, a
 Under autocast (bf16) the weight is cast once per forward pass instead of once per step, the steps'
 matmuls run in the autocast dtype, and ∂L/∂W is one autocast-dtype matmul returned in the weight's
 dtype (float32), as autocast's own linear does. `StepLinear` falls back to plain `F.linear` when no
-gradient is needed.
+gradient is needed. The LSTM uses it only with the CPU kernels on (sat/kernels.py: CPU by default;
+Dynamo cannot trace `_Collect`, so never under torch.compile).
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ logit matrix it makes several full passes through memory: a float32 copy (under 
 the log-softmax output, a zero-filled one-hot gradient, the log-softmax backward and a copy back.
 With V = 10k words and N ≈ 1k tokens each pass is ~40 MB. Here the forward keeps only the row's
 log-sum-exp, and the backward rebuilds softmax − one-hot chunk by chunk straight into the gradient,
-in float32 whatever the logits' dtype.
+in float32 whatever the logits' dtype. Used only with the CPU kernels on (sat/kernels.py); on CUDA
+and under torch.compile the loss takes `F.cross_entropy`.
 """
 from __future__ import annotations
 

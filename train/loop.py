@@ -1,8 +1,8 @@
 """The training loop: teacher forcing, Adam, clipping, LR-on-plateau and early stopping on a
 validation score computed from *generated* captions, checkpoints with optimizer + RNG state.
 
-It knows nothing about a specific decoder: it calls `model.loss(maps, captions)` and a
-`validate(model) -> float` callback (higher is better; BLEU-4 of greedy captions by default).
+It knows nothing about a specific decoder: it calls `model(maps, captions)` (the loss, stats as
+tensors: one host sync per step, for logging) and a `validate(model) -> float` callback (higher is better; BLEU-4 of greedy captions by default).
 
 Under torchrun (train/distributed.py) every rank draws the same shuffled order, takes its rows of
 each *global* batch (`--batch-size` is the global batch), and the gradients are summed across
@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sat.atomic import write_json
-from sat.model import CaptionModel
+from sat.kernels import check_mode, cpu_kernels
+from sat.model import CaptionModel, stats_to_floats
 from train import distributed as D
 from train.checkpoint import apply_settings, check_model, load_checkpoint, resumed_config, save_atomic
 
@@ -68,6 +69,12 @@ class TrainConfig:
     """bfloat16 autocast of the forward pass (weights, gradients, Adam and the loss sum stay float32).
     On CUDA the matmuls run on bf16 tensor cores; on CPU oneDNN runs them in bf16 where the CPU has
     AVX512-BF16/AMX, and elsewhere bf16 is emulated (slower): off by default."""
+    cpu_kernels: str = "auto"
+    """The CPU micro-kernels (sat/kernels.py: StepLSTMCell, chunked cross-entropy and attention):
+    'auto' = on for a CPU run, off on CUDA (plain nn.LSTMCell / F.cross_entropy); 'on' or 'off'."""
+    compile: bool = False
+    """torch.compile the model's loss (the plain ops are used under compile, sat/kernels.py). On CPU
+    it needs a C++ compiler, and the first steps pay the compilation."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -80,6 +87,7 @@ class TrainConfig:
                self.captions_per_image) < 0:
             raise ValueError("grad_clip, alpha_c, lr_patience, early_stop, max_steps and "
                              "captions_per_image must be ≥ 0")
+        check_mode(self.cpu_kernels)
 
 
 @dataclass
@@ -138,12 +146,14 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _data_parallel_step(model: CaptionModel, maps: torch.Tensor, caps: torch.Tensor, *, n_global: int,
+def _data_parallel_step(model: CaptionModel, forward: Callable, maps: torch.Tensor, caps: torch.Tensor, *, n_global: int,
                         tokens_global: float, pad_id: int, config: TrainConfig,
                         device: torch.device) -> tuple[dict[str, float], int]:
     """Forward + backward of this rank's part of a global batch, then the gradient all-reduce.
 
-    Returns the step's stats (loss and xent of the *global* batch) and the number of local pairs.
+    `forward` is the model itself or its torch.compile'd wrapper. Returns the step's stats (loss and
+    xent of the *global* batch) and the number of local pairs; the stats are read from the device
+    once, at the end.
 
     NOTE: a manual all-reduce rather than the DDP wrapper: `model.loss` is a method, not
     `forward` (DDP only hooks forward), and exact equality with one process needs each rank's loss
@@ -155,15 +165,15 @@ def _data_parallel_step(model: CaptionModel, maps: torch.Tensor, caps: torch.Ten
     ctx = D.current()
     params = [p for p in model.parameters() if p.requires_grad]
     n_local = int(caps.size(0))
-    stats: dict[str, float] = {}
+    stats: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros(2, device=device)  # this rank's share of (loss, xent)
     if n_local:
         with D.autocast(device, config.bf16):
-            loss, stats = model.loss(maps, caps, pad_id=pad_id, alpha_c=config.alpha_c,
-                                     n_tokens=tokens_global if ctx.active else None,
-                                     share=n_local / n_global)
+            loss, stats = forward(maps, caps, pad_id=pad_id, alpha_c=config.alpha_c,
+                                  n_tokens=tokens_global if ctx.active else None,
+                                  share=n_local / n_global)
         loss.backward()
-        loss_sum[0], loss_sum[1] = stats["loss"], stats["xent"]
+        loss_sum[0], loss_sum[1] = stats["loss"], stats["xent"]  # NOTE: device copies, no sync
     if ctx.active:
         for p in params:  # NOTE: a rank with no rows in a short last batch still joins with zeros
             if p.grad is None:
@@ -174,8 +184,7 @@ def _data_parallel_step(model: CaptionModel, maps: torch.Tensor, caps: torch.Ten
         D.all_reduce_sum_(bufs)
         for b in bufs:
             b.div_(ctx.world)
-    stats = {**stats, "loss": float(loss_sum[0]), "xent": float(loss_sum[1])}
-    return stats, n_local
+    return stats_to_floats({**stats, "loss": loss_sum[0], "xent": loss_sum[1]}), n_local
 
 
 def make_optimizer(groups) -> torch.optim.Adam:
@@ -196,6 +205,15 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
     row)` is called on rank 0 after each epoch's checkpoint, the model in eval mode (a logger:
     train/tblog.py).
     """
+    with cpu_kernels(config.cpu_kernels):  # NOTE: validation's search too
+        return _fit(model, data=data, validate=validate, out_dir=out_dir, config=config, pad_id=pad_id,
+                    resume=resume, device=device, progress=progress, on_epoch=on_epoch)
+
+
+def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
+         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
+         device: torch.device | str = "cpu", progress: bool = True,
+         on_epoch: Callable[[CaptionModel, dict], None] | None = None) -> list[dict]:
     ctx = D.current()
     main = ctx.is_main
     out = Path(out_dir)
@@ -209,6 +227,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
     if tail:
         groups.append({"params": tail, "lr": config.encoder_lr})
     opt = make_optimizer(groups)
+    forward = torch.compile(model) if config.compile else model  # NOTE: shares model's parameters
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.lr_factor,
                                                        patience=config.lr_patience)
     shuffle = torch.Generator().manual_seed(config.seed)  # NOTE: the same order on every rank
@@ -230,6 +249,9 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
         rng = ck.get("torch_rng_ranks") or [ck["torch_rng"]]
         if len(rng) == ctx.world:
             torch.set_rng_state(rng[ctx.rank])
+        cuda_rng = ck.get("cuda_rng_ranks")
+        if device.type == "cuda" and cuda_rng and len(cuda_rng) == ctx.world:
+            torch.cuda.set_rng_state(cuda_rng[ctx.rank].cpu(), device)
         start_epoch, best, bad, steps = ck["epoch"] + 1, ck["best"], ck["bad_epochs"], ck["steps"]
         history = ck["history"]
         if main:
@@ -257,7 +279,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             maps = data.maps[data.rows[idx]].to(device, torch.float32, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             stats, _ = _data_parallel_step(
-                model, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
+                model, forward, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
                 tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -292,6 +314,8 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
                "epoch_seconds": round(time.time() - t0, 1)}
         history.append(row)
         rng_states = D.gather_objects(torch.get_rng_state())
+        # NOTE: dropout and hard attention's samples on a GPU draw from its own generator
+        cuda_states = D.gather_objects(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
         if main:
             print(f"epoch {epoch:3d} | loss {row['train_loss']:.4f} | xent {row['train_xent']:.4f} | "
                   f"val BLEU-4 {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
@@ -299,7 +323,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             _save_history(out, history)
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
-                  "torch_rng_ranks": rng_states, "epoch": epoch, "best": best, "bad_epochs": bad,
+                  "torch_rng_ranks": rng_states, "cuda_rng_ranks": cuda_states, "epoch": epoch, "best": best, "bad_epochs": bad,
                   "steps": steps, "history": history, "train_config": asdict(config),
                   "model_config": model.config.to_dict()}
             save_atomic(ck, out / LAST)

@@ -6,7 +6,7 @@ import torch
 
 from sat.attention import SoftAttention, create_attention
 from sat.config import ModelConfig
-from sat.decoder import Decoder, create_decoder
+from sat.decoders import Decoder, create_decoder
 from sat.model import CaptionModel
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sat.config import ModelConfig
-from sat.decoder import create_decoder
+from sat.decoders import create_decoder
 from sat.search import SearchError, beam_search, decode, greedy, sample
 
 PAD, START, END = 0, 1, 2

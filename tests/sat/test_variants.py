@@ -7,7 +7,7 @@ import torch
 
 from sat.attention import DotAttention, HardAttention, UniformAttention
 from sat.config import ModelConfig
-from sat.decoder import Decoder, create_decoder
+from sat.decoders import Decoder, create_decoder
 from sat.model import CaptionModel
 from sat.search import beam_search, greedy
 

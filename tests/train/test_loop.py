@@ -101,3 +101,24 @@ def test_on_epoch_sees_each_row_in_eval_mode_and_cannot_change_the_training(tmp_
                config=TrainConfig(epochs=3, batch_size=8, lr=1e-2), on_epoch=logger)
     assert [r for _, r in seen] == hist and not any(training for training, _ in seen)
     assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in plain]
+
+
+@pytest.mark.slow
+def test_fit_compiled_trains_as_eager(tmp_path):
+    def plain():
+        m = model()
+        m.decoder.drop.p = 0.0  # NOTE: compiled dropout draws other random numbers than eager
+        return m
+    eager, h_eager = run(tmp_path / "eager", 1, m=plain(), max_steps=3, cpu_kernels="off")
+    compiled, h_comp = run(tmp_path / "compiled", 1, m=plain(), max_steps=3, compile=True)
+    assert h_comp[0]["steps"] == 3
+    assert h_comp[0]["train_loss"] == pytest.approx(h_eager[0]["train_loss"], rel=1e-4)
+    # NOTE: Adam normalises each gradient: the attention score's bias (gradient ≈ 0, softmax is shift-
+    # invariant) moves by lr × rounding noise / |noise|; 3 steps at lr 1e-2 move weights by ~3e-2
+    for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-3), k
+
+
+def test_cpu_kernels_setting_is_checked():
+    with pytest.raises(ValueError, match="cpu_kernels must be one of"):
+        TrainConfig(cpu_kernels="yes")

@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder import Decoder, Memory, State
+from typing import TYPE_CHECKING
+
+from .base import Decoder, Memory, State
+from .registry import register_decoder
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 class Block(nn.Module):
@@ -62,6 +68,7 @@ class Block(nn.Module):
         return x, w, k, v
 
 
+@register_decoder("transformer")
 class TransformerDecoder(Decoder):
     def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, layers: int, heads: int,
                  dropout: float, max_len: int, num_locations: int):
@@ -76,6 +83,21 @@ class TransformerDecoder(Decoder):
         self.drop = nn.Dropout(dropout)
         nn.init.normal_(self.mem_pos, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
+
+    @classmethod
+    def check_config(cls, config: "ModelConfig") -> None:
+        if config.attention != "soft":
+            raise ValueError("the transformer decoder has its own (soft, multi-head) cross-attention: "
+                             "use attention='soft'")
+        if config.layers < 1 or config.heads < 1 or config.embed_dim % config.heads:
+            raise ValueError(f"transformer needs layers ≥ 1 and embed_dim ({config.embed_dim}) divisible by "
+                             f"heads ({config.heads})")
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig") -> "TransformerDecoder":
+        return cls(vocab_size=config.vocab_size, encoder_dim=config.encoder_dim, embed_dim=config.embed_dim,
+                   layers=config.layers, heads=config.heads, dropout=config.dropout,
+                   max_len=config.max_len + 2, num_locations=config.num_locations)
 
     def prepare(self, feats: torch.Tensor) -> Memory:
         mem = self.mem_proj(feats) + self.mem_pos  # (B, L, C)

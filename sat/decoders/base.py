@@ -12,27 +12,23 @@ The interface every decoder implements:
 
 Memory and state hold only batch-first tensors, so search can expand and reorder beams with one
 `index_select` without knowing which decoder it drives. Recurrent decoders take any attention
-kind from `sat.attention`; the Transformer (sat/transformer.py) has its own cross-attention.
+kind from `sat.attention`; the Transformer (sat/decoders/transformer.py) has its own cross-attention.
 
-LSTM decoder, Xu et al. 2015 §3.1.2 and §4.2.1:
-    h_0 = tanh(f_init,h(mean_i a_i)),  c_0 = tanh(f_init,c(mean_i a_i))                 (§3.1.2)
-    ẑ_t = β_t · φ({a_i}, {α_ti}),  β_t = σ(f_β(h_{t-1}))                                (§4.2.1)
-    i_t, f_t, o_t, g_t = LSTM(E y_{t-1}, h_{t-1}, ẑ_t)                                  (eq. 1–3)
-    p(y_t | a, y_<t) ∝ exp(L_o tanh(E y_{t-1} + L_h h_t + L_z ẑ_t))                     (eq. 7, deep output)
-
-GRU decoder, the TensorFlow tutorials' design: ẑ_t from attention on h_{t-1}; x_t = [ẑ_t; E y_{t-1}];
-h_t = GRU(x_t, h_{t-1}) from h_0 = 0; p(y_t) ∝ exp(W_2 (W_1 h_t)).
+Each decoder is one file in this package that registers its class (`@register_decoder("lstm")`,
+sat/decoders/registry.py); `create_decoder(config)` builds the one `config.decoder` names through the
+class's `from_config`, and `check_config` adds the kind's own rules to `ModelConfig` validation.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .attention import Attention, create_attention
-from .config import ModelConfig
-from .steplinear import StepLSTMCell
+from ..attention import Attention, attention_from_config
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 Memory = dict[str, torch.Tensor]
 State = tuple[torch.Tensor, ...]
@@ -40,6 +36,15 @@ State = tuple[torch.Tensor, ...]
 
 class Decoder(nn.Module):
     """Base class: subclasses implement prepare / init_state / step (and may speed up forward)."""
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig") -> "Decoder":
+        """Build this decoder from a validated config (what `create_decoder` calls)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config: "ModelConfig") -> None:
+        """This kind's own rules on a config (ValueError); called by `ModelConfig.__post_init__`."""
 
     def prepare(self, feats: torch.Tensor) -> Memory:
         raise NotImplementedError
@@ -75,11 +80,15 @@ class Decoder(nn.Module):
         """Attention-specific loss terms; the attention kind decides (see sat/attention.py)."""
         return self.attention.regularizer(alphas, sample_logp, token_logp, mask, alpha_c=alpha_c)
 
-
 class RecurrentDecoder(Decoder):
     """Shared machinery of the LSTM and GRU decoders: attention, embedding, the time loop."""
 
     attention: Attention
+
+    @staticmethod
+    def make_attention(config: "ModelConfig") -> Attention:
+        """The attention kind `config.attention` names, with its options (sat/attention.py)."""
+        return attention_from_config(config)
 
     def prepare(self, feats: torch.Tensor) -> Memory:
         return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
@@ -156,111 +165,3 @@ class RecurrentDecoder(Decoder):
         if full:
             logits = logits.view(B, T, -1)
         return logits, alpha_grid, sample_logp
-
-
-class LSTMDecoder(RecurrentDecoder):
-    """The paper's LSTM with attention, gating scalar and deep output layer."""
-
-    def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, decoder_dim: int,
-                 attention: Attention, dropout: float, gate: bool, init_state: str = "mean"):
-        super().__init__()
-        self.init_from_mean = init_state == "mean"
-        self.embed = nn.Embedding(vocab_size, embed_dim)                            # E
-        self.attention = attention
-        self.init_h = nn.Linear(encoder_dim, decoder_dim)
-        self.init_c = nn.Linear(encoder_dim, decoder_dim)
-        self.gate = nn.Linear(decoder_dim, 1) if gate else None                    # f_β
-        self.cell = nn.LSTMCell(embed_dim + encoder_dim, decoder_dim)
-        self.out_h = nn.Linear(decoder_dim, embed_dim)                             # L_h
-        self.out_z = nn.Linear(encoder_dim, embed_dim, bias=False)                 # L_z
-        self.out = nn.Linear(embed_dim, vocab_size)                                 # L_o
-        self.drop = nn.Dropout(dropout)
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-
-    def init_state(self, memory: Memory) -> State:
-        mean = memory["feats"].mean(dim=1)  # (B, D)
-        if not self.init_from_mean:
-            mean = torch.zeros_like(mean)  # NOTE: keeps f_init's bias as a learned start state
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, n) each
-
-    def _forward_cell(self):
-        # NOTE: same math as self.cell, but ∂L/∂W_ih and ∂L/∂W_hh come from one matmul over all
-        # steps instead of one per step plus T-1 adds of the full matrices (sat/steplinear.py).
-        return StepLSTMCell(self.cell) if torch.is_grad_enabled() else None
-
-    def _advance(self, emb, state, memory, cell=None):
-        h, c = state
-        context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
-        if self.gate is not None:
-            context = torch.sigmoid(self.gate(h)) * context  # β_t ẑ_t, β_t: (B, 1)
-        h, c = (cell or self.cell)(torch.cat([emb, context], dim=-1), (h, c))
-        return (h, c), context, alpha, logp
-
-    def _logits(self, emb, h, context):
-        x = torch.tanh(emb + self.out_h(self.drop(h)) + self.out_z(context))
-        return self.out(self.drop(x))
-
-
-class GRUDecoder(RecurrentDecoder):
-    """The TensorFlow tutorials' decoder: [context; embedding] → GRU → two dense layers."""
-
-    def __init__(self, *, vocab_size: int, encoder_dim: int, embed_dim: int, decoder_dim: int,
-                 attention: Attention, dropout: float):
-        super().__init__()
-        self.decoder_dim = decoder_dim
-        self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.attention = attention
-        self.cell = nn.GRUCell(encoder_dim + embed_dim, decoder_dim)
-        self.fc1 = nn.Linear(decoder_dim, decoder_dim)
-        self.fc2 = nn.Linear(decoder_dim, vocab_size)
-        self.drop = nn.Dropout(dropout)
-
-    def init_state(self, memory: Memory) -> State:
-        feats = memory["feats"]
-        return (feats.new_zeros(feats.size(0), self.decoder_dim),)  # h_0 = 0, as the tutorial
-
-    def _advance(self, emb, state, memory, cell=None):
-        (h,) = state
-        context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
-        h = self.cell(torch.cat([context, emb], dim=-1), h)
-        return (h,), context, alpha, logp
-
-    def _logits(self, emb, h, context):
-        return self.fc2(self.drop(self.fc1(self.drop(h))))
-
-
-def _attention(cfg: ModelConfig) -> Attention:
-    opts = {}
-    if cfg.attention == "hard":
-        opts = dict(entropy_weight=cfg.hard_entropy, reinforce_weight=cfg.hard_reinforce, reward=cfg.hard_reward,
-                    test_rule=cfg.hard_test_rule)
-    return create_attention(cfg.attention, encoder_dim=cfg.encoder_dim, decoder_dim=cfg.decoder_dim,
-                            attention_dim=cfg.attention_dim, **opts)
-
-
-def _transformer(cfg: ModelConfig) -> Decoder:
-    from .transformer import TransformerDecoder
-    return TransformerDecoder(vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
-                              layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
-                              max_len=cfg.max_len + 2, num_locations=cfg.num_locations)
-
-
-_REGISTRY: dict[str, Callable[[ModelConfig], Decoder]] = {
-    "lstm": lambda cfg: LSTMDecoder(
-        vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
-        decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout, gate=cfg.gate,
-        init_state=cfg.init_state),
-    "gru": lambda cfg: GRUDecoder(
-        vocab_size=cfg.vocab_size, encoder_dim=cfg.encoder_dim, embed_dim=cfg.embed_dim,
-        decoder_dim=cfg.decoder_dim, attention=_attention(cfg), dropout=cfg.dropout),
-    "transformer": _transformer,
-}
-
-
-def create_decoder(config: ModelConfig) -> Decoder:
-    """Build the decoder a config names."""
-    if config.vocab_size < 5:
-        raise ValueError(f"vocab_size must be ≥ 5 (4 special tokens + words), got {config.vocab_size}")
-    if config.decoder not in _REGISTRY:
-        raise ValueError(f"unknown decoder {config.decoder!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[config.decoder](config)
