@@ -69,7 +69,33 @@ class TrainConfig:
     On CUDA the matmuls run on bf16 tensor cores; on CPU oneDNN runs them in bf16 where the CPU has
     AVX512-BF16/AMX, and elsewhere bf16 is emulated (slower): off by default."""
 
+    scst: bool = False
+    """Self-critical sequence training (Rennie et al. 2017; train/scst.py) instead of cross-entropy:
+    needs `init_from` (a cross-entropy model); validation and early stopping watch greedy CIDEr-D."""
+    scst_samples: int = 5
+    """SCST: captions sampled per image (K)."""
+    scst_baseline: str = "mean"
+    """SCST baseline: "mean" (the mean reward of the image's other K−1 samples) or "greedy" (the
+    greedy caption's reward, the paper's)."""
+    scst_reward: str = "cider"
+    """SCST reward: "cider" (CIDEr-D, document frequencies of the training references) or "bleu4"."""
+    scst_entropy: float = 0.0
+    """SCST: weight of a bonus on the mean per-word entropy of the sampled captions (0 = off)."""
+    scst_max_len: int = 0
+    """SCST: longest sampled caption in words (0 = the model's max_len)."""
+
     def __post_init__(self) -> None:
+        if self.scst:
+            if not self.init_from:
+                raise ValueError("--scst fine-tunes a trained model: give --init-from DIR")
+            if self.scst_baseline not in ("mean", "greedy"):
+                raise ValueError(f"scst_baseline must be 'mean' or 'greedy', got {self.scst_baseline!r}")
+            if self.scst_reward not in ("cider", "bleu4"):
+                raise ValueError(f"scst_reward must be 'cider' or 'bleu4', got {self.scst_reward!r}")
+            if self.scst_samples < (2 if self.scst_baseline == "mean" else 1):
+                raise ValueError("scst_samples must be ≥ 2 with the mean baseline (≥ 1 with greedy)")
+            if self.scst_entropy < 0 or self.scst_max_len < 0:
+                raise ValueError("scst_entropy and scst_max_len must be ≥ 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be ≥ 1")
         if self.lr <= 0 or self.encoder_lr <= 0:
@@ -188,15 +214,23 @@ def make_optimizer(groups) -> torch.optim.Adam:
 def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
         device: torch.device | str = "cpu", progress: bool = True,
-        on_epoch: Callable[[CaptionModel, dict], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[CaptionModel, dict], None] | None = None,
+        objective: Callable[[CaptionModel, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]] | None = None,
+        score_name: str = "BLEU-4") -> list[dict]:
     """Train `model` in place; the best-scoring weights are loaded back at the end.
 
     Writes out_dir/{last.pt, best.pt, history.json, history.csv, loss.png} (rank 0 only under
     torchrun; every rank returns the same history and ends with the same weights). `on_epoch(model,
     row)` is called on rank 0 after each epoch's checkpoint, the model in eval mode (a logger:
     train/tblog.py).
+
+    `objective(model, maps, image_rows) -> (loss, stats)` replaces teacher forcing (SCST,
+    train/scst.py): batches are then of images (each once per epoch), one process only.
+    `score_name` names the validation score in the log.
     """
     ctx = D.current()
+    if objective is not None and ctx.active:
+        raise ValueError("SCST runs as one process (no torchrun)")
     main = ctx.is_main
     out = Path(out_dir)
     if main:
@@ -242,7 +276,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             break
         t0 = time.time()
         model.train()
-        perm = data.epoch_order(shuffle, config.captions_per_image)
+        perm = data.epoch_order(shuffle, 1 if objective is not None else config.captions_per_image)
         n_batches = math.ceil(len(perm) / config.batch_size)
         tot: dict[str, float] = {}
         cnt: dict[str, int] = {}
@@ -256,9 +290,14 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             caps = data.captions[idx][:, :width]
             maps = data.maps[data.rows[idx]].to(device, torch.float32, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            stats, _ = _data_parallel_step(
-                model, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
-                tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
+            if objective is not None:
+                with D.autocast(device, config.bf16):
+                    loss, stats = objective(model, maps, data.rows[idx])
+                loss.backward()
+            else:
+                stats, _ = _data_parallel_step(
+                    model, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
+                    tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
@@ -294,7 +333,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
         rng_states = D.gather_objects(torch.get_rng_state())
         if main:
             print(f"epoch {epoch:3d} | loss {row['train_loss']:.4f} | xent {row['train_xent']:.4f} | "
-                  f"val BLEU-4 {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
+                  f"val {score_name} {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
                   f"{row['epoch_seconds']:.0f}s", flush=True)
             _save_history(out, history)
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
