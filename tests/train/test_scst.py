@@ -112,3 +112,13 @@ def test_config_checks():
     with pytest.raises(ValueError, match="scst_samples"):
         TrainConfig(scst=True, init_from="x", scst_samples=1)
     TrainConfig(scst=True, init_from="x", scst_samples=1, scst_baseline="greedy")
+
+
+def test_cli_needs_init_from(tmp_path, capsys):
+    from train.__main__ import main
+    assert main(["fit", "--scst", "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --scst fine-tunes a trained model: give --init-from DIR"]
+    assert main(["fit", "--scst", "--init-from", "x", "--scst-baseline", "best", "--out", str(tmp_path / "w"),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "scst_baseline must be 'mean' or 'greedy'" in capsys.readouterr().err
