@@ -122,3 +122,23 @@ def test_cli_needs_init_from(tmp_path, capsys):
     assert main(["fit", "--scst", "--init-from", "x", "--scst-baseline", "best", "--out", str(tmp_path / "w"),
                  "--run-dir", str(tmp_path / "r")]) == 2
     assert "scst_baseline must be 'mean' or 'greedy'" in capsys.readouterr().err
+
+
+def test_scst_resume_reproduces_an_uninterrupted_run(tmp_path):
+    maps, refs, vocab = toy()
+    reward = Reward("cider", references=refs, corpus=list(refs.values()))
+    data = CaptionData(maps=maps.half(), rows=torch.arange(12), captions=torch.zeros(12, 2, dtype=torch.long))
+
+    def run(out, epochs, resume=False, seed=0, first_score=0):
+        m = tiny(vocab, seed=seed)
+        tc = TrainConfig(epochs=epochs, batch_size=6, lr=1e-2, early_stop=0, scst=True, init_from="x")
+        scores = iter(range(first_score, 100))  # rising: the last epoch is the one kept
+        fit(m, data=data, validate=lambda _: float(next(scores)), out_dir=out, config=tc, progress=False,
+            resume=resume, objective=SCSTObjective(vocab=vocab, reward=reward, samples=3))
+        return m
+
+    full = run(tmp_path / "full", 4)
+    run(tmp_path / "cut", 2)
+    resumed = run(tmp_path / "cut", 4, resume=True, seed=5, first_score=2)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
