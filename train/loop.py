@@ -133,16 +133,16 @@ class CaptionData:
         return perm[rank < per_image]
 
 
-def _save_history(out: Path, history: list[dict]) -> None:
+def _save_history(out: Path, history: list[dict], score_name: str = "BLEU-4") -> None:
     write_json(out / "history.json", history, indent=2)
     with open(out / "history.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    plot_history(history, out / "loss.png")
+    plot_history(history, out / "loss.png", score_name=score_name)
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def plot_history(history: list[dict], path: Path, *, score_name: str = "BLEU-4") -> None:
     """Loss curve (train loss per epoch) with the validation score on a second axis."""
     import matplotlib
     matplotlib.use("Agg")
@@ -154,8 +154,8 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy / token")
     ax2 = ax.twinx()
-    ax2.plot(ep, [h["val_score"] for h in history], "s--", color="tab:orange", label="val BLEU-4")
-    ax2.set_ylabel("validation BLEU-4 (generated)")
+    ax2.plot(ep, [h["val_score"] for h in history], "s--", color="tab:orange", label=f"val {score_name}")
+    ax2.set_ylabel(f"validation {score_name} (generated)")
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
     ax.grid(alpha=0.3)
@@ -335,7 +335,7 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
             print(f"epoch {epoch:3d} | loss {row['train_loss']:.4f} | xent {row['train_xent']:.4f} | "
                   f"val {score_name} {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
                   f"{row['epoch_seconds']:.0f}s", flush=True)
-            _save_history(out, history)
+            _save_history(out, history, score_name)
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
                   "torch_rng_ranks": rng_states, "epoch": epoch, "best": best, "bad_epochs": bad,
