@@ -7,6 +7,9 @@ writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + 
 `torchrun --nproc_per_node=N -m train fit ...` trains data-parallel (train/distributed.py);
 `--batch-size` is then the global batch, split across the N processes.
 
+`fit --scst --init-from DIR` fine-tunes a trained model by self-critical sequence training on CIDEr-D
+(train/scst.py; --scst-samples, --scst-baseline mean|greedy, --scst-reward cider|bleu4, --scst-entropy).
+
 `fit --config FILE` / `--preset NAME` read settings from a file / a preset (flags override both; see
 train/config_file.py and train/presets.py); every fit writes its resolved settings as run_config.yaml.
 """

@@ -33,6 +33,16 @@ def _init_line(tc: TrainConfig) -> str:
     return f"- Initialised from the weights in `{tc.init_from}` (warm start), then trained as below.\n"
 
 
+def _training_line(tc: TrainConfig) -> str:
+    if tc.scst:
+        return (f"self-critical sequence training (Rennie et al. 2017, `train/scst.py`): {tc.scst_samples} sampled "
+                f"captions per image, reward {'CIDEr-D' if tc.scst_reward == 'cider' else 'sentence BLEU-4'}, "
+                f"baseline {'the mean reward of the other samples' if tc.scst_baseline == 'mean' else 'the greedy caption'}"
+                f", entropy bonus {tc.scst_entropy}; best by validation "
+                f"{'CIDEr-D' if tc.scst_reward == 'cider' else 'BLEU-4'} of greedy captions, batch {tc.batch_size} images")
+    return f"best by validation BLEU-4 of greedy captions, batch {tc.batch_size}"
+
+
 def _grounding_line(metrics: dict) -> str:
     g = metrics.get("grounding")
     if not g:
@@ -57,7 +67,7 @@ def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: di
 {warning}- Data: `{dc.dataset}` ({', '.join(f'{k} {v}' for k, v in counts.items())} images); vocabulary {cfg.vocab_size} tokens (min count {dc.min_freq}), captions ≤ {cfg.max_len} words.
 - Encoder: `{cfg.encoder}` ({cfg.feature_map} feature map, {cfg.grid[0]}×{cfg.grid[1]}×{cfg.encoder_dim}, {cfg.image_size} px, {cfg.resize}), ImageNet weights, {"frozen" if not cfg.finetune_blocks else f"last {cfg.finetune_blocks} blocks fine-tuned"}.
 - Decoder: {cfg.decoder.upper()}, embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}, h₀/c₀ from {cfg.init_state}.
-{_attention_line(cfg)}{_init_line(tc)}- Training: {len(history)} epochs (best by validation BLEU-4 of greedy captions), batch {tc.batch_size}, Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
+{_attention_line(cfg)}{_init_line(tc)}- Training: {len(history)} epochs ({_training_line(tc)}), Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
 - Test split, beam {metrics['beam_size']}, {metrics['n_images']} images (official COCO caption metrics, pycocoevalcap):
 
 {table}{_grounding_line(metrics)}

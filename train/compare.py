@@ -1,7 +1,9 @@
 """`python -m train compare`: every attention kind and decoder, same data, budget and seed, one table.
 
 Rows: soft, hard, dot, uniform (all LSTM), gru (soft attention), transformer, blind (soft LSTM with
-the image replaced by zeros) and word_frequency (no model: the most frequent word at each position).
+the image replaced by zeros), soft + SCST and hard + SCST (self-critical fine-tuning of the soft and
+hard rows, train/scst.py), word_frequency (no model: the most frequent word at each position) and
+reference_ceiling (each image's last reference scored against the others).
 Each trained variant keeps its weights folder under `runs/compare/<name>/weights`; a rerun reuses
 a folder whose config and training settings match, so the table can be rebuilt without training.
 Writes `assets/results.json` (a list of rows: name, the evaluate JSON's keys, params, train_seconds)
@@ -27,7 +29,7 @@ from train.loop import TrainConfig
 from train.metrics import METRIC_KEYS, CaptionScorer
 from train.pipeline import (TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config,
                             fit_and_evaluate, prepare, ship, split_rows)
-from train.variants import VARIANTS, WARM_STARTS, variant_train_config, warm_schedule
+from train.variants import SCST_VARIANTS, VARIANTS, WARM_STARTS, variant_train_config, warm_schedule
 
 COLUMNS = METRIC_KEYS
 
@@ -53,6 +55,25 @@ def word_frequency_row(prep: Prepared, scorer: CaptionScorer) -> dict:
     refs = {prep.cache.ids[i]: list(by_id[prep.cache.ids[i]].raw) for i in rows}
     m = scorer.score(refs, {k: caption for k in refs})
     m.update({"n_images": len(refs), "beam_size": 0, "caption": caption, "params": 0, "train_seconds": 0.0})
+    return m
+
+
+def ceiling_split(refs: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The reference ceiling: each image's last reference (the 5th of 5) as the caption, scored
+    against the others → (references, captions). Images with one reference are left out."""
+    keep = {k: rs for k, rs in refs.items() if len(rs) >= 2}
+    if not keep:
+        raise ValueError("the reference ceiling needs images with at least 2 references")
+    return {k: list(rs[:-1]) for k, rs in keep.items()}, {k: rs[-1] for k, rs in keep.items()}
+
+
+def ceiling_row(prep: Prepared, scorer: CaptionScorer) -> dict:
+    """How a human caption scores on the test split against the other references (fewer of them)."""
+    rows = split_rows(prep.records, prep.cache, "test")
+    by_id = {r.image_id: r for r in prep.records}
+    refs, caps = ceiling_split({prep.cache.ids[i]: list(by_id[prep.cache.ids[i]].raw) for i in rows})
+    m = scorer.score(refs, caps)
+    m.update({"n_images": len(refs), "beam_size": 0, "params": 0, "train_seconds": 0.0})
     return m
 
 
@@ -97,10 +118,10 @@ def run_compare(base: ModelConfig, tc: TrainConfig, dc: DataConfig, *, beam_size
     out_dir = out_dir or REPO / "assets"
     dev = resolve_device(device)
     prep = prepare(dc, base, device=dev, progress=progress)
-    names = only or list(VARIANTS) + ["word_frequency"]
-    unknown = sorted(set(names) - set(VARIANTS) - {"word_frequency"})
+    names = only or list(VARIANTS) + list(NO_MODEL)
+    unknown = sorted(set(names) - set(VARIANTS) - set(NO_MODEL))
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}, word_frequency")
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join([*VARIANTS, *NO_MODEL])}")
     results, done = [], {}
     with CaptionScorer() as scorer:
         for name in names:
@@ -136,8 +157,8 @@ def _trained(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, r
 
 def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, done: dict, **kw) -> dict:
     """Train (or reuse) and evaluate one variant → its results row."""
-    if name == "word_frequency":
-        row = word_frequency_row(prep, kw["scorer"])
+    if name in NO_MODEL:
+        row = NO_MODEL[name](prep, kw["scorer"])
     else:
         t, _ = _trained(name, prep, base, tc, done=done, **kw)
         row = {k: v for k, v in t.metrics.items() if k not in ("blind", "total_seconds")}
@@ -150,6 +171,10 @@ def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, done:
     print(f"[{name}]")
     write_metrics(row, None)
     return row
+
+
+# rows without a model: a word-frequency baseline and the human ceiling
+NO_MODEL = {"word_frequency": word_frequency_row, "reference_ceiling": ceiling_row}
 
 
 def _fmt(v) -> str:
@@ -174,7 +199,7 @@ def write_results(results: list[dict], out_dir: Path, *, command: str, tc: Train
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         g = r.get("grounding", {})
-        name = r["name"] + (f" (from {r['init_from']})" if r.get("init_from") else "")
+        name = SCST_VARIANTS.get(r["name"], r["name"]) + (f" (from {r['init_from']})" if r.get("init_from") else "")
         cells = [name, *(_fmt(r[c]) for c in COLUMNS), _fmt(g.get("pointing", "–")),
                  _fmt(g.get("chance_pointing", "–")), f"{r.get('params', 0) / 1e6:.2f} M", f"{r.get('train_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -183,6 +208,8 @@ def write_results(results: list[dict], out_dir: Path, *, command: str, tc: Train
             f"{tc.epochs} epochs max (early stopping on validation BLEU-4), batch {tc.batch_size}, "
             f"embed {base.embed_dim} / attention {base.attention_dim} / hidden {base.decoder_dim}. "
             f"Pointing: share of generated object words whose attention peak lies on the object "
-            f"(chance: a uniform map).{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
+            f"(chance: a uniform map). The + SCST rows fine-tune by self-critical sequence training on CIDEr-D "
+            f"(early stopping on validation CIDEr-D of greedy captions); reference_ceiling scores each image's "
+            f"last reference against the others.{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     print(text)

@@ -76,7 +76,33 @@ class TrainConfig:
     """torch.compile the model's loss (the plain ops are used under compile, sat/kernels.py). On CPU
     it needs a C++ compiler, and the first steps pay the compilation."""
 
+    scst: bool = False
+    """Self-critical sequence training (Rennie et al. 2017; train/scst.py) instead of cross-entropy:
+    needs `init_from` (a cross-entropy model); validation and early stopping watch greedy CIDEr-D."""
+    scst_samples: int = 5
+    """SCST: captions sampled per image (K)."""
+    scst_baseline: str = "mean"
+    """SCST baseline: "mean" (the mean reward of the image's other K−1 samples) or "greedy" (the
+    greedy caption's reward, the paper's)."""
+    scst_reward: str = "cider"
+    """SCST reward: "cider" (CIDEr-D, document frequencies of the training references) or "bleu4"."""
+    scst_entropy: float = 0.0
+    """SCST: weight of a bonus on the mean per-word entropy of the sampled captions (0 = off)."""
+    scst_max_len: int = 0
+    """SCST: longest sampled caption in words (0 = the model's max_len)."""
+
     def __post_init__(self) -> None:
+        if self.scst:
+            if not self.init_from:
+                raise ValueError("--scst fine-tunes a trained model: give --init-from DIR")
+            if self.scst_baseline not in ("mean", "greedy"):
+                raise ValueError(f"scst_baseline must be 'mean' or 'greedy', got {self.scst_baseline!r}")
+            if self.scst_reward not in ("cider", "bleu4"):
+                raise ValueError(f"scst_reward must be 'cider' or 'bleu4', got {self.scst_reward!r}")
+            if self.scst_samples < (2 if self.scst_baseline == "mean" else 1):
+                raise ValueError("scst_samples must be ≥ 2 with the mean baseline (≥ 1 with greedy)")
+            if self.scst_entropy < 0 or self.scst_max_len < 0:
+                raise ValueError("scst_entropy and scst_max_len must be ≥ 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be ≥ 1")
         if self.lr <= 0 or self.encoder_lr <= 0:
@@ -115,16 +141,16 @@ class CaptionData:
         return perm[rank < per_image]
 
 
-def _save_history(out: Path, history: list[dict]) -> None:
+def _save_history(out: Path, history: list[dict], score_name: str = "BLEU-4") -> None:
     write_json(out / "history.json", history, indent=2)
     with open(out / "history.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    plot_history(history, out / "loss.png")
+    plot_history(history, out / "loss.png", score_name=score_name)
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def plot_history(history: list[dict], path: Path, *, score_name: str = "BLEU-4") -> None:
     """Loss curve (train loss per epoch) with the validation score on a second axis."""
     import matplotlib
     matplotlib.use("Agg")
@@ -136,8 +162,8 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy / token")
     ax2 = ax.twinx()
-    ax2.plot(ep, [h["val_score"] for h in history], "s--", color="tab:orange", label="val BLEU-4")
-    ax2.set_ylabel("validation BLEU-4 (generated)")
+    ax2.plot(ep, [h["val_score"] for h in history], "s--", color="tab:orange", label=f"val {score_name}")
+    ax2.set_ylabel(f"validation {score_name} (generated)")
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
     ax.grid(alpha=0.3)
@@ -197,24 +223,35 @@ def make_optimizer(groups) -> torch.optim.Adam:
 def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
         device: torch.device | str = "cpu", progress: bool = True,
-        on_epoch: Callable[[CaptionModel, dict], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[CaptionModel, dict], None] | None = None,
+        objective: Callable[[CaptionModel, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]] | None = None,
+        score_name: str = "BLEU-4") -> list[dict]:
     """Train `model` in place; the best-scoring weights are loaded back at the end.
 
     Writes out_dir/{last.pt, best.pt, history.json, history.csv, loss.png} (rank 0 only under
     torchrun; every rank returns the same history and ends with the same weights). `on_epoch(model,
     row)` is called on rank 0 after each epoch's checkpoint, the model in eval mode (a logger:
     train/tblog.py).
+
+    `objective(model, maps, image_rows) -> (loss, stats)` replaces teacher forcing (SCST,
+    train/scst.py): batches are then of images (each once per epoch), one process only.
+    `score_name` names the validation score in the log.
     """
     with cpu_kernels(config.cpu_kernels):  # NOTE: validation's search too
         return _fit(model, data=data, validate=validate, out_dir=out_dir, config=config, pad_id=pad_id,
-                    resume=resume, device=device, progress=progress, on_epoch=on_epoch)
+                    resume=resume, device=device, progress=progress, on_epoch=on_epoch, objective=objective,
+                    score_name=score_name)
 
 
 def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
          out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
          device: torch.device | str = "cpu", progress: bool = True,
-         on_epoch: Callable[[CaptionModel, dict], None] | None = None) -> list[dict]:
+         on_epoch: Callable[[CaptionModel, dict], None] | None = None,
+         objective: Callable[[CaptionModel, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]] | None = None,
+         score_name: str = "BLEU-4") -> list[dict]:
     ctx = D.current()
+    if objective is not None and ctx.active:
+        raise ValueError("SCST runs as one process (no torchrun)")
     main = ctx.is_main
     out = Path(out_dir)
     if main:
@@ -264,7 +301,7 @@ def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionM
             break
         t0 = time.time()
         model.train()
-        perm = data.epoch_order(shuffle, config.captions_per_image)
+        perm = data.epoch_order(shuffle, 1 if objective is not None else config.captions_per_image)
         n_batches = math.ceil(len(perm) / config.batch_size)
         tot: dict[str, float] = {}
         cnt: dict[str, int] = {}
@@ -278,9 +315,14 @@ def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionM
             caps = data.captions[idx][:, :width]
             maps = data.maps[data.rows[idx]].to(device, torch.float32, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            stats, _ = _data_parallel_step(
-                model, forward, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
-                tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
+            if objective is not None:
+                with D.autocast(device, config.bf16):
+                    loss, stats = objective(model, maps, data.rows[idx])
+                loss.backward()
+            else:
+                stats, _ = _data_parallel_step(
+                    model, forward, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
+                    tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
@@ -318,9 +360,9 @@ def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionM
         cuda_states = D.gather_objects(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
         if main:
             print(f"epoch {epoch:3d} | loss {row['train_loss']:.4f} | xent {row['train_xent']:.4f} | "
-                  f"val BLEU-4 {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
+                  f"val {score_name} {score:.4f}{' *' if improved else ''} | lr {row['lr']:.2e} | "
                   f"{row['epoch_seconds']:.0f}s", flush=True)
-            _save_history(out, history)
+            _save_history(out, history, score_name)
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
                   "torch_rng_ranks": rng_states, "cuda_rng_ranks": cuda_states, "epoch": epoch, "best": best, "bad_epochs": bad,

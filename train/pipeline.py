@@ -170,6 +170,12 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
         words = generate_words(m, vocab, val_maps, mode="greedy", device=device)
         return bleu4_quick(val_refs, words)
 
+    objective, score_name = None, "BLEU-4"
+    if tc.scst:  # NOTE: SCST validates on the reward of greedy captions (CIDEr-D: training df)
+        from train.scst import scst_setup
+        objective, validate, score_name = scst_setup(tc, records=records, cache=cache, vocab=vocab,
+                                                     val_rows=val_rows, val_maps=val_maps, device=device)
+
     model = build_model(cfg, seed=tc.seed)
     if tc.init_from:
         warm_start(model, resolve_init(tc.init_from), vocab)
@@ -189,7 +195,8 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
     t0 = time.time()
     try:
         history = fit(model, data=data, validate=validate, out_dir=run_dir, config=tc, pad_id=vocab.pad_id,
-                      resume=resume, device=device, progress=progress, on_epoch=log)
+                      resume=resume, device=device, progress=progress, on_epoch=log, objective=objective,
+                      score_name=score_name)
     finally:
         if log is not None:
             log.close()

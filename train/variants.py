@@ -30,7 +30,12 @@ VARIANTS: dict[str, dict] = {
     # NOTE: the Transformer gets the usual Transformer dropout; 0.5 (the LSTM's) starves it.
     "transformer": {"attention": "soft", "decoder": "transformer", "dropout": 0.1},
     "blind": {"attention": "soft", "decoder": "lstm", "blind": True},
+    # self-critical sequence training (train/scst.py) from the cross-entropy rows' weights
+    "soft_scst": {"attention": "soft", "decoder": "lstm"},
+    "hard_scst": {"attention": "hard", "decoder": "lstm", "dropout": 0.25},
 }
+SCST_VARIANTS = {"soft_scst": "soft + SCST", "hard_scst": "hard + SCST"}
+"""Variants trained by SCST (`TrainConfig.scst`), and their names in the results table."""
 
 # Variants trained from another variant's weights: name → (source, share of the epochs, share of the lr).
 # NOTE: from scratch, hard attention's argmax location sticks to the first object for the whole caption
@@ -38,7 +43,9 @@ VARIANTS: dict[str, dict] = {
 # already finds the objects, 4 epochs of hard training gave 0.522 at lr 4e-4 and 0.505 at lr 1e-3 (one
 # thread each); the shipped run (lr 4e-4, two threads) 0.505. The hard model then costs the soft model's
 # epochs plus its own: compare reports both.
-WARM_STARTS: dict[str, tuple[str, float, float]] = {"hard": ("soft", 0.4, 0.4)}
+# NOTE: SCST runs 2 epochs (of images, 5 samples each) at a fifth of the lr from its source's weights.
+WARM_STARTS: dict[str, tuple[str, float, float]] = {"hard": ("soft", 0.4, 0.4), "soft_scst": ("soft", 0.2, 0.2),
+                                                    "hard_scst": ("hard", 0.2, 0.2)}
 
 
 def warm_schedule(name: str, tc: TrainConfig) -> tuple[int, float]:
@@ -54,7 +61,8 @@ def variant_train_config(name: str, tc: TrainConfig, *, source: Path | None = No
     if source is None:
         raise ValueError(f"the {name!r} variant starts from the {WARM_STARTS[name][0]!r} weights: give their folder")
     epochs, lr = warm_schedule(name, tc)
-    return TrainConfig(**{**asdict(tc), "init_from": repo_relative(source), "epochs": epochs, "lr": lr})
+    return TrainConfig(**{**asdict(tc), "init_from": repo_relative(source), "epochs": epochs, "lr": lr,
+                          "scst": name in SCST_VARIANTS})
 
 
 def resolve_init(path: str) -> Path:

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from train.__main__ import main as train_main
-from train.compare import VARIANTS, word_frequency_caption
+from train.compare import NO_MODEL, VARIANTS, ceiling_split, word_frequency_caption
 
 
 def test_word_frequency_caption_is_the_per_position_mode():
@@ -15,6 +15,13 @@ def test_word_frequency_caption_is_the_per_position_mode():
     assert word_frequency_caption(caps) == ["a", "red", "circle"]
     with pytest.raises(ValueError):
         word_frequency_caption([])
+
+
+def test_reference_ceiling_is_the_last_reference_against_the_others():
+    refs, caps = ceiling_split({"a": ["r1", "r2", "r3", "r4", "r5"], "b": ["only one"], "c": ["x", "y"]})
+    assert refs == {"a": ["r1", "r2", "r3", "r4"], "c": ["x"]} and caps == {"a": "r5", "c": "y"}
+    with pytest.raises(ValueError):
+        ceiling_split({"b": ["only one"]})
 
 
 @pytest.mark.slow
@@ -31,10 +38,10 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
     try:
         assert train_main(args) == 0
         rows = json.loads((tmp_path / "out" / "results.json").read_text())
-        assert [r["name"] for r in rows] == list(VARIANTS) + ["word_frequency"]
+        assert [r["name"] for r in rows] == list(VARIANTS) + list(NO_MODEL)
         for r in rows:
             assert {"bleu4", "meteor", "rouge_l", "cider", "params", "train_seconds"} <= set(r), r["name"]
-            assert ("grounding" in r) == (r["name"] != "word_frequency")
+            assert ("grounding" in r) == (r["name"] not in NO_MODEL)
         params = {r["name"]: r["params"] for r in rows}
         assert params["uniform"] < params["soft"] and params["word_frequency"] == 0
         by = {r["name"]: r for r in rows}
@@ -44,7 +51,9 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
         hard_tc = json.loads((runs / "hard" / "weights" / "train_config.json").read_text())
         assert hard_tc["init_from"].endswith("soft/weights") and hard_tc["epochs"] == 1
         table = (tmp_path / "out" / "results.md").read_text()
-        assert all(f"| {name} |" in table for name in params if name != "hard")
+        assert all(f"| {name} |" in table for name in params if not by[name].get("init_from"))
+        assert "| soft + SCST (from soft) |" in table and "| hard + SCST (from hard) |" in table
+        assert json.loads((runs / "soft_scst" / "weights" / "train_config.json").read_text())["scst"] is True
         assert "| hard (from soft) |" in table and "starts from the soft row's weights" in table
         capsys.readouterr()
         assert train_main(args) == 0  # second run: nothing retrained
