@@ -26,12 +26,13 @@ step only projects the query: the projection of all L vectors is not recomputed 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .kernels import use_cpu_kernels
+from .registry import registrar
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -69,14 +70,8 @@ def doubly_stochastic(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 _ATTENTIONS: dict[str, type["Attention"]] = {}
 
 
-def register_attention(name: str) -> Callable[[type["Attention"]], type["Attention"]]:
-    """Class decorator: `create_attention(name, ...)` builds this class."""
-    def add(cls: type["Attention"]) -> type["Attention"]:
-        if name in _ATTENTIONS and _ATTENTIONS[name] is not cls:
-            raise ValueError(f"attention {name!r} is already registered (by {_ATTENTIONS[name].__qualname__})")
-        _ATTENTIONS[name] = cls
-        return cls
-    return add
+register_attention = registrar(_ATTENTIONS, "attention")
+"""Class decorator `@register_attention(name)`: `create_attention(name, ...)` builds this class."""
 
 
 def list_attentions() -> list[str]:

@@ -5,7 +5,9 @@ it and the decoder modules register into it, so neither has to import the other.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from ..registry import registrar
 
 if TYPE_CHECKING:
     from .base import Decoder
@@ -13,14 +15,9 @@ if TYPE_CHECKING:
 _DECODERS: dict[str, type["Decoder"]] = {}
 
 
-def register_decoder(name: str) -> Callable[[type["Decoder"]], type["Decoder"]]:
-    """Class decorator: `create_decoder` builds `cls.from_config(config)` for `config.decoder == name`."""
-    def add(cls: type["Decoder"]) -> type["Decoder"]:
-        if name in _DECODERS and _DECODERS[name] is not cls:
-            raise ValueError(f"decoder {name!r} is already registered (by {_DECODERS[name].__qualname__})")
-        _DECODERS[name] = cls
-        return cls
-    return add
+register_decoder = registrar(_DECODERS, "decoder")
+"""Class decorator `@register_decoder(name)`: `create_decoder` builds `cls.from_config(config)` for
+`config.decoder == name`."""
 
 
 def decoder_class(name: str) -> type["Decoder"]:
