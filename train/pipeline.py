@@ -28,7 +28,8 @@ from train import distributed as D
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
 from train.card import model_card
-from train.loop import CaptionData, TrainConfig, fit
+from train.batches import CaptionData, FeatureRows
+from train.loop import TrainConfig, fit
 from train.metrics import CaptionScorer
 from train.variants import VARIANTS, WARM_STARTS, resolve_init, variant_train_config, warm_start
 
@@ -136,7 +137,8 @@ def caption_data(records: list[ImageRecord], cache: FeatureCache, vocab: Vocab) 
     padded = torch.full((len(caps), width), vocab.pad_id, dtype=torch.long)
     for i, c in enumerate(caps):
         padded[i, : len(c)] = torch.tensor(c)
-    return CaptionData(maps=cache.tensor(train_rows), rows=torch.tensor(rows), captions=padded)
+    # NOTE: streamed from the cache file, never copied whole (train/batches.py)
+    return CaptionData(maps=FeatureRows(cache.maps, train_rows), rows=torch.tensor(rows), captions=padded)
 
 
 def build_model(cfg: ModelConfig, *, seed: int) -> CaptionModel:

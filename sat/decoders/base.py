@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..attention import Attention, attention_from_config
+from ..kernels import use_cpu_kernels
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -112,6 +113,40 @@ class RecurrentDecoder(Decoder):
         return self._logits(emb, state[0], context), alpha, state
 
     def forward(self, feats, inputs, mask=None):
+        """Teacher forcing: feats (B, L, D), inputs (B, T) → logits, α (B, T, L) zeroed at pads, sample
+        log-probs (B, T) | None. Logits are (N, V) over `mask`'s real tokens on the packed path (the
+        CPU kernels' switch, sat/kernels.py), (B, T, V) over every position on the plain path."""
+        if mask is not None and use_cpu_kernels(feats):
+            return self._packed_forward(feats, inputs, mask)
+        return self._dense_forward(feats, inputs, mask)
+
+    def _dense_forward(self, feats, inputs, mask=None):
+        # NOTE: the plain path (CUDA, torch.compile): every row runs all T steps and the output layer
+        # sees every position, so shapes depend on (B, T) only and nothing reads the mask on the host
+        # (no sync, no data-dependent shape); padding costs compute, the loss ignores it.
+        B, T = inputs.shape
+        memory = self.prepare(feats)
+        state = self.init_state(memory)
+        emb = self.embed(inputs)  # (B, T, m)
+        cell = self._forward_cell()
+        hs, zs, alphas, logps = [], [], [], []
+        for t in range(T):
+            state, context, alpha, logp = self._advance(emb[:, t], state, memory, cell)
+            hs.append(state[0])
+            zs.append(context)
+            alphas.append(alpha)
+            logps.append(logp)
+        h, z = torch.stack(hs, 1), torch.stack(zs, 1)  # (B, T, n), (B, T, D)
+        alpha_grid = torch.stack(alphas, 1)  # (B, T, L)
+        sample_logp = None if logps[0] is None else torch.stack(logps, 1)  # (B, T)
+        if mask is not None:
+            keep = mask.to(alpha_grid.dtype)
+            alpha_grid = alpha_grid * keep.unsqueeze(-1)
+            if sample_logp is not None:
+                sample_logp = sample_logp * keep.to(sample_logp.dtype)
+        return self._logits(emb, h, z), alpha_grid, sample_logp  # (B, T, V), (B, T, L), (B, T) | None
+
+    def _packed_forward(self, feats, inputs, mask=None):
         # NOTE: the batch is sorted by caption length and the recurrence runs only on the captions
         # still going at step t (rows [:b_t], as packed sequences do); the output projection, the
         # largest matmul, runs once over the real tokens only. Nothing is computed for padding.
