@@ -347,6 +347,21 @@ def _run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, ru
     return main.metrics
 
 
+def run_extract(cfg: ModelConfig, dc: DataConfig, *, device: str = "auto", progress: bool = True) -> FeatureCache:
+    """`fit --extract-only`: load the data and fill its feature cache, then stop; the `fit` that follows
+    with the same settings finds the cache complete and starts training at once. Under torchrun the
+    ranks share the extraction, as in `fit`."""
+    ctx, dev = D.init(device)
+    try:
+        cache = prepare(dc, cfg, device=dev, progress=progress and ctx.is_main).cache
+    finally:
+        D.shutdown()
+    if ctx.is_main:
+        n, c, h, w = cache.maps.shape  # (N, C, h, w) float16
+        print(f"features: {n} images × {c}×{h}×{w} float16 = {cache.maps.nbytes / 1e9:.2f} GB in {cache.path}")
+    return cache
+
+
 def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_root: Path, runs: Path,
                 blind_epochs: int, beam_size: int = 3, device: str = "auto", progress: bool = True,
                 command: str = "python -m train") -> dict[str, dict]:
