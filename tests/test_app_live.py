@@ -80,9 +80,9 @@ def test_caption_endpoint_takes_the_decoding_options_last(client):
 
 
 @pytest.mark.slow
-def test_only_the_caption_endpoint_is_public(client):
+def test_only_the_caption_and_steer_endpoints_are_public(client):
     info = client.view_api(return_format="dict", print_info=False)
-    assert list(info["named_endpoints"]) == ["/caption"]
+    assert list(info["named_endpoints"]) == ["/caption", "/steer"]
 
 
 # ----------------------------------------------------------------------------- deployment
