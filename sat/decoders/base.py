@@ -5,6 +5,7 @@ The interface every decoder implements:
     memory = dec.prepare(feats)                   # per image, once:  dict of (B, ...) tensors
     state  = dec.init_state(memory)               # tuple of (B, ...) tensors
     logits, alpha, state = dec.step(tokens, state, memory)      # one word: (B, V), (B, L)
+    logits, alpha, state = dec.step(tokens, state, memory, force=a)  # the same with α forced to a (B, L)
     logits, alphas, sample_logp = dec(feats, inputs)            # teacher forcing: (B, T, V), (B, T, L), (B, T)|None
     logits, alphas, sample_logp = dec(feats, inputs, mask)      # training: logits (N, V) of the N real tokens
                                                                 #   in mask.nonzero() order; pads hold α = 0
@@ -53,8 +54,10 @@ class Decoder(nn.Module):
     def init_state(self, memory: Memory) -> State:
         raise NotImplementedError
 
-    def step(self, tokens: torch.Tensor, state: State,
-             memory: Memory) -> tuple[torch.Tensor, torch.Tensor, State]:
+    def step(self, tokens: torch.Tensor, state: State, memory: Memory,
+             force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One word. `force` (B, L): use this attention map for the word instead of the model's own
+        (sat/steer.py); the returned α is then `force`."""
         raise NotImplementedError
 
     def forward(self, feats: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor | None = None):
@@ -94,10 +97,18 @@ class RecurrentDecoder(Decoder):
     def prepare(self, feats: torch.Tensor) -> Memory:
         return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
 
-    def _advance(self, emb: torch.Tensor, state: State, memory: Memory, cell=None):
+    def _advance(self, emb: torch.Tensor, state: State, memory: Memory, cell=None, force=None):
         """One recurrence step → (new state, context (B, D), alpha (B, L), sample logp (B,) | None).
-        `cell`: what `_forward_cell` returned for this forward pass (None: the module's own cell)."""
+        `cell`: what `_forward_cell` returned for this forward pass (None: the module's own cell);
+        `force`: an α (B, L) to read the context from instead of the attention's own (`_attend`)."""
         raise NotImplementedError
+
+    def _attend(self, memory: Memory, query: torch.Tensor, force: torch.Tensor | None = None):
+        """(context (B, D), α (B, L), sample logp | None) from the attention, or with `force` the
+        context the attention kind reads from that α (hard at test time: its argmax cell)."""
+        if force is None:
+            return self.attention(memory["feats"], memory["keys"], query)
+        return self.attention.read(memory["feats"], force), force, None
 
     def _forward_cell(self):
         """A per-forward-pass stand-in for the recurrent cell in teacher forcing (None: the cell)."""
@@ -107,9 +118,9 @@ class RecurrentDecoder(Decoder):
         """Output layer; works on (B, ·) or (B, T, ·) alike."""
         raise NotImplementedError
 
-    def step(self, tokens, state, memory):
+    def step(self, tokens, state, memory, force=None):
         emb = self.embed(tokens)  # (B, m)
-        state, context, alpha, _ = self._advance(emb, state, memory)
+        state, context, alpha, _ = self._advance(emb, state, memory, force=force)
         return self._logits(emb, state[0], context), alpha, state
 
     def forward(self, feats, inputs, mask=None):
