@@ -112,7 +112,7 @@ class Captioner:
             ood_error = str(e)
         return cls(encoder=encoder, model=model, vocab=vocab, metrics=metrics, card=card,
                    source=str(spec), device=device, ood=ood, ood_error=ood_error,
-                   head=imagenet_head(config.encoder, trunk_blocks=len(encoder.trunk)))
+                   head=imagenet_head(config.encoder, trunk_blocks=len(encoder.trunk), device=str(device)))
 
     def pixels(self, images: Sequence[Any]) -> torch.Tensor:
         """Images (PIL / path / bytes) → (B, 3, S, S) normalised tensor. Raises ImageError."""

@@ -65,3 +65,19 @@ def test_the_head_on_the_trunk_map_is_the_full_classifier(bundled):
         ours = bundled.head(bundled.encoder.encode_trunk(x))
         full = net.eval()(x)
     assert torch.allclose(ours, full, atol=1e-3), (ours - full).abs().max()
+
+
+def test_two_models_share_one_head_and_run_it_once_per_image():
+    soft, hard = (Captioner.load(WEIGHTS / n, device="cpu") for n in ("soft", "hard"))
+    assert soft.head is hard.head is not None
+    calls = []
+    hook = soft.head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        soft.head._memo = None
+        a = soft.caption(GRACE_HOPPER, mode="greedy").encoder_top3
+        b = hard.caption(GRACE_HOPPER, mode="greedy").encoder_top3
+        assert a == b and len(calls) == 1  # the hard column reused the soft column's labels
+        c = hard.caption(EXAMPLE_SCENES[0], mode="greedy").encoder_top3
+        assert c != a and len(calls) == 2  # a new image runs the head again
+    finally:
+        hook.remove()
