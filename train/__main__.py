@@ -10,6 +10,9 @@ writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + 
 `fit --scst --init-from DIR` fine-tunes a trained model by self-critical sequence training on CIDEr-D
 (train/scst.py; --scst-samples, --scst-baseline mean|greedy, --scst-reward cider|bleu4, --scst-entropy).
 
+`ood-stats --weights DIR` adds out-of-distribution statistics (sat/ood.py) to an existing weights folder
+from the data it was trained on (fit writes them itself).
+
 `fit --config FILE` / `--preset NAME` read settings from a file / a preset (flags override both; see
 train/config_file.py and train/presets.py); every fit writes its resolved settings as run_config.yaml.
 """
