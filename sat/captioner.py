@@ -137,7 +137,8 @@ class Captioner:
 
     def _inspect(self, fmap: torch.Tensor, caps: list[Caption]) -> None:
         """Attach the OOD check and the encoder's ImageNet top-3 to each caption (from the same map)."""
-        ood = check_images(self.ood, fmap, dataset=str(self.metrics.get("dataset", ""))) if self.ood else None
+        ood = check_images(self.ood, fmap, dataset=str(self.metrics.get("dataset", ""))) \
+            if self.ood is not None else None
         top3 = self.head.top_k(fmap, 3) if self.head is not None else None
         for i, cap in enumerate(caps):
             cap.ood = ood[i] if ood else None
