@@ -153,11 +153,11 @@ class DecodeOptions:
         text, out of range) with a readable ValueError."""
         if self.mode not in MODES:
             raise ValueError(f"decoding must be one of {', '.join(MODES)}, got {self.mode!r}")
-        beam = int(round(_number(self.beam_size, "beam size")))
-        max_len = int(round(_number(self.max_len, "max length")))
-        temp = _number(self.temperature, "temperature")
-        alpha = _number(self.length_penalty, "length penalty")
-        ngram = _number(self.no_repeat_ngram_size, "no-repeat n-gram size")
+        beam = int(round(as_number(self.beam_size, "beam size")))
+        max_len = int(round(as_number(self.max_len, "max length")))
+        temp = as_number(self.temperature, "temperature")
+        alpha = as_number(self.length_penalty, "length penalty")
+        ngram = as_number(self.no_repeat_ngram_size, "no-repeat n-gram size")
         if not 1 <= beam <= 10:
             raise ValueError(f"beam size must be 1–10, got {self.beam_size}")
         if not 1 <= max_len <= MAX_LEN_LIMIT:
@@ -172,7 +172,7 @@ class DecodeOptions:
         return DecodeOptions(self.mode, beam, temp, max_len, alpha, int(ngram))
 
 
-def _number(value: Any, what: str) -> float:
+def as_number(value: Any, what: str) -> float:
     """A UI/API value as a finite float, or a ValueError saying what was wrong with it."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a number, got {value!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import html
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from sat.captioner import Caption
 from sat.image import load_image
 from sat.steer import cell_at
 
-from .inference import DecodeOptions, ModelSlot, StudioResult
+from .inference import DecodeOptions, ModelSlot, StudioResult, as_number
 
 
 @dataclass
@@ -61,28 +60,16 @@ def _slot(slots: list[ModelSlot], name: Any) -> ModelSlot:
     return slot
 
 
-def _coordinate(value: Any, what: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return v
-
-
 def steer_upload(slots: list[ModelSlot], source: str | Path | bytes, name: Any, word: Any, x: Any, y: Any,
                  options: DecodeOptions) -> Steered:
     """Model ``name``'s caption of the upload with word ``word`` (from 1) looking at pixel (x, y).
     Raises ImageError (unreadable) or a one-line ValueError (bad model, word, point or option)."""
     opts = options.checked()
     slot = _slot(slots, name)
-    t = _coordinate(word, "word")
+    t = as_number(word, "word")
     if t != int(t):
         raise ValueError(f"word must be a whole number (counted from 1), got {word!r}")
-    px, py = _coordinate(x, "x"), _coordinate(y, "y")
+    px, py = as_number(x, "x"), as_number(y, "y")
     image = load_image(source)
     cap = slot.captioner
     assert cap is not None
