@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--only train,beam,...] [--out-dir bench]`: measure, then write
 `results.json` (every figure, the machine, the commands) and `results.md` (the README's table).
 
-Parts (all by default): matmul, train, beam, latency, encoder, memory. Each figure is tied to the
+Parts (all by default): matmul, train, beam, latency, encoder, memory, extract. Each figure is tied to the
 machine it ran on and the command that produced it; `--merge` keeps the figures of parts not run
 this time from an existing results.json (each part records its own machine and command).
 `--quick` runs every part at tiny sizes in well under a minute: a check that the code works, not a
@@ -72,6 +72,11 @@ def run_part(part: str, a: argparse.Namespace, res: dict[str, Any]) -> dict[str,
         image = sorted(EXAMPLES.glob("*.jpg"))[0]
         out.update(system.app_peak_rss(soft=str(a.weights), hard=a.hard, image=image))
         return out
+    if part == "extract":
+        from .extraction import bench_extract
+        if a.quick:
+            return bench_extract(n_photos=8, size=(160, 120), batch=4, workers=2, repeats=1)
+        return bench_extract(n_photos=a.extract_photos, batch=32, workers=a.extract_workers, repeats=3)
     raise ValueError(f"unknown part {part!r}")
 
 
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=10000, help="training vocabulary size")
     p.add_argument("--train-steps", type=int, default=10, help="timed training steps per decoder")
     p.add_argument("--photos", type=int, default=60, help="photos for the latency figure (≥ 50)")
+    p.add_argument("--extract-photos", type=int, default=200, help="640×480 JPEGs for the extraction figure")
+    p.add_argument("--extract-workers", type=int, default=2, help="decode workers for the extraction figure")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile encoder variant")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads here and in the child processes (default: torch's; --quick: 1)")

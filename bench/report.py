@@ -4,18 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PARTS = ("matmul", "train", "beam", "latency", "encoder", "memory")
+PARTS = ("matmul", "train", "beam", "latency", "encoder", "memory", "extract")
 
 # NOTE: always present in results.json (null when that part was not run), so readers need no guards.
 KEYS = ("train_speedup_vs_reference", "beam5_speedup_vs_per_image", "latency_ms_p50", "latency_ms_p95",
         "encoder_images_per_s", "matmul_gflops", "train_gflops", "peak_rss_mb_train", "peak_rss_mb_app",
-        "machine", "commands")
+        "extract_vs_encoder", "machine", "commands")
 
 TARGETS = {  # key: (comparison, threshold) from the issue
     "train_speedup_vs_reference": (">=", 5.0),
     "beam5_speedup_vs_per_image": (">=", 10.0),
     "latency_ms_p50": ("<=", 150.0),
     "encoder_images_per_s": (">=", 30.0),
+    "extract_vs_encoder": (">=", 0.85),
 }
 
 
@@ -69,6 +70,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{_fmt(g('train_memory_images'))} images' features in RAM: {_fmt(g('train_memory_features_mb'))} MB", ""),
         ("Peak RSS, app after one caption (MB)", _fmt(g("peak_rss_mb_app")),
          f"after start: {_fmt(g('app_rss_mb_after_start'))} MB", ""),
+        (f"Feature extraction, {_fmt(g('extract_workers'))} decode workers (images/s)", _fmt(g("extract_images_per_s")),
+         f"{_fmt(g('extract_photos'))} JPEGs {_fmt(g('extract_photo_size'))}, batch {_fmt(g('extract_batch'))}; "
+         f"decoding in the main process: {_fmt(g('extract_images_per_s_workers0'))}", ""),
+        ("… vs the encoder alone on decoded images", _fmt(g("extract_vs_encoder"), "×"),
+         f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s; "
+         f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s",
+         _target("extract_vs_encoder", g("extract_vs_encoder"))),
     ]
     return out
 
