@@ -134,8 +134,11 @@ def collate_images(items: list[torch.Tensor | str]) -> tuple[torch.Tensor | None
 
 
 def decode_workers(requested: int | None = None) -> int:
-    """DataLoader workers that decode images: `requested`, or by default min(4, this process's share
-    of the CPU cores it may use: cores / processes on this machine under torchrun)."""
+    """DataLoader workers that decode images: `requested`, or by default min(8, this process's share
+    of the CPU cores it may use: cores / processes on this machine under torchrun).
+
+    NOTE: on a GPU the encoder outruns JPEG decoding (bench/extraction.py), so workers are what sets
+    the pace; on a CPU they share the encoder's cores, and a few hide the decoding."""
     if requested is not None:
         if requested < 0:
             raise ValueError(f"decode workers must be 0 (decode in this process) or more, got {requested}")
@@ -144,7 +147,7 @@ def decode_workers(requested: int | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(4, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 def image_loader(paths: Sequence[str | Path], preprocessing: dict[str, Any], *, batch_size: int,
@@ -223,7 +226,7 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     bench/ reports the speed-up and the drift on this machine).
 
     `workers`: DataLoader processes decoding images while the encoder runs (`decode_workers`: None =
-    min(4, the CPU cores per process); 0 = decode in this process). The cache is the same either way.
+    min(8, the CPU cores per process); 0 = decode in this process). The cache is the same either way.
 
     Under torchrun every rank calls this with the same arguments and gets the same cache back.
     """

@@ -133,7 +133,7 @@ def test_collate_keeps_failed_images_apart():
 def test_decode_workers_default_and_bad_counts(tmp_path, monkeypatch):
     monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert F.decode_workers() == 4 and F.decode_workers(0) == 0 and F.decode_workers(7) == 7
+    assert F.decode_workers() == 8 and F.decode_workers(0) == 0 and F.decode_workers(11) == 11
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on 16 cores: 2 each
     assert F.decode_workers() == 2
     monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: {0}, raising=False)
