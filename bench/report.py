@@ -71,8 +71,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("Peak RSS, app after one caption (MB)", _fmt(g("peak_rss_mb_app")),
          f"after start: {_fmt(g('app_rss_mb_after_start'))} MB", ""),
         (f"Feature extraction, {_fmt(g('extract_workers'))} decode workers (images/s)", _fmt(g("extract_images_per_s")),
-         f"{_fmt(g('extract_photos'))} JPEGs {_fmt(g('extract_photo_size'))}, batch {_fmt(g('extract_batch'))}; "
-         f"decoding in the main process: {_fmt(g('extract_images_per_s_workers0'))}", ""),
+         f"{_fmt(g('extract_photos'))} JPEGs {_fmt(g('extract_photo_size'))}, batch {_fmt(g('extract_batch'))}, "
+         f"{_fmt(g('extract_device'))}; decoding in the main process: {_fmt(g('extract_images_per_s_workers0'))}; "
+         f"load average {_fmt(g('extract_loadavg_1min_before'))} → {_fmt(g('extract_loadavg_1min_after'))}", ""),
         ("… vs the encoder alone on decoded images", _fmt(g("extract_vs_encoder"), "×"),
          f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s; "
          f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s",
@@ -89,13 +90,25 @@ def _pct(v: Any) -> float | None:
     return None if v is None else 100.0 * v
 
 
+def _machine(m: dict[str, Any]) -> str:
+    return (f"{m.get('cores')} cores, {m.get('cpu_model')}, torch {m.get('torch')} "
+            f"({m.get('torch_threads')} threads), bf16 {'yes' if m.get('bf16_supported') else 'no'}")
+
+
 def write_markdown(r: dict[str, Any], path: Path) -> None:
     m = r.get("machine") or {}
     lines = []
     if r.get("quick"):
         lines.append("> **Quick mode**: tiny sizes, a check that the benchmark runs, *not* a measurement.\n")
-    lines.append(f"Machine: {m.get('cores')} cores, {m.get('cpu_model')}, torch {m.get('torch')} "
-                 f"({m.get('torch_threads')} threads), bf16 {'yes' if m.get('bf16_supported') else 'no'}.\n")
+    lines.append(f"Machine: {_machine(m)}.\n")
+    # NOTE: with --merge, parts measured earlier may come from another machine: say which
+    others: dict[str, list[str]] = {}
+    for part, info in (r.get("parts") or {}).items():
+        pm = (info or {}).get("machine")
+        if pm and _machine(pm) != _machine(m):
+            others.setdefault(_machine(pm), []).append(part)
+    for desc, parts in others.items():
+        lines.append(f"Parts {', '.join(parts)} were measured on another machine: {desc}.\n")
     lines.append("| measurement | figure | compared with | target |")
     lines.append("|---|---|---|---|")
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(r)]

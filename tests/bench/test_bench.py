@@ -155,3 +155,19 @@ def test_extraction_bench_measures_the_real_extraction_against_the_encoder():
     assert r["extract_vs_encoder"] == pytest.approx(ratio, rel=0.05) and r["extract_images_per_s"] > 0
     assert r["extract_photos"] == 5 and r["extract_workers"] == 2 and r["extract_photo_size"] == "96x72"
     assert r["extract_encoder"].startswith("efficientnet-lite0 (stride16: (112, 4, 4))")
+
+
+def test_results_md_names_parts_measured_on_another_machine(tmp_path):
+    from bench.report import write_markdown
+    here = {"cores": 2, "cpu_model": "AMD EPYC", "torch": "2.14", "torch_threads": 2, "bf16_supported": True}
+    there = {**here, "cpu_model": "Intel Xeon", "torch": "2.13"}
+    res = {"machine": here, "parts": {"train": {"machine": there}, "extract": {"machine": here}},
+           "extract_vs_encoder": 0.8}
+    write_markdown(res, tmp_path / "r.md")
+    md = (tmp_path / "r.md").read_text()
+    assert "Machine: 2 cores, AMD EPYC, torch 2.14" in md
+    assert "Parts train were measured on another machine: 2 cores, Intel Xeon, torch 2.13" in md
+    assert "| … vs the encoder alone on decoded images | 0.80× |" in md and ">= 0.85 ❌" in md
+    res["parts"]["train"]["machine"] = here
+    write_markdown(res, tmp_path / "r.md")
+    assert "another machine" not in (tmp_path / "r.md").read_text()
