@@ -17,6 +17,8 @@ TARGETS = {  # key: (comparison, threshold) from the issue
     "latency_ms_p50": ("<=", 150.0),
     "encoder_images_per_s": (">=", 30.0),
     "extract_vs_encoder": (">=", 0.85),
+    "peak_rss_mb_train_coco_scale": ("<=", 2048.0),
+    "train_streamed_vs_ram": (">=", 0.9),
 }
 
 
@@ -78,6 +80,15 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s; "
          f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s",
          _target("extract_vs_encoder", g("extract_vs_encoder"))),
+        ("Peak RSS per process, training on a COCO-sized cache, streamed (MB)", _fmt(g("peak_rss_mb_train_coco_scale")),
+         f"{_fmt(g('coco_cache_gb'))} GB cache, {_fmt(g('coco_workers'))} loader workers (main "
+         f"{_fmt(g('coco_peak_rss_mb_streamed_main'))}, children {_fmt(g('coco_peak_rss_mb_streamed_children'))}); "
+         f"split copied into RAM: {_fmt(g('coco_peak_rss_mb_ram'))}",
+         _target("peak_rss_mb_train_coco_scale", g("peak_rss_mb_train_coco_scale"))),
+        ("… tokens/s streamed vs in RAM", _fmt(g("train_streamed_vs_ram"), "×"),
+         f"streamed {_fmt(g('coco_tokens_per_s_streamed'))}, in RAM {_fmt(g('coco_tokens_per_s_ram'))} tokens/s "
+         f"({_fmt(g('coco_steps'))} steps of {_fmt(g('coco_batch'))}, 512-unit LSTM, 10,000 words)",
+         _target("train_streamed_vs_ram", g("train_streamed_vs_ram"))),
     ]
     return out
 
