@@ -96,6 +96,11 @@ class Attention(nn.Module):
     def forward(self, feats: torch.Tensor, keys: torch.Tensor, query: torch.Tensor) -> Out:
         raise NotImplementedError
 
+    def read(self, feats: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The context ẑ (B, D) this kind reads from a given α (B, L) at test time: Σ_i α_i a_i.
+        Steering (sat/steer.py) calls it with a forced α instead of the one `forward` computes."""
+        return _weighted(alpha, feats)
+
     def regularizer(self, alphas: torch.Tensor, sample_logp: torch.Tensor | None, token_logp: torch.Tensor,
                     mask: torch.Tensor, *, alpha_c: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Extra loss terms of this kind (default: the doubly stochastic penalty); stats as 0-dim
@@ -188,8 +193,13 @@ class HardAttention(SoftAttention):
             return feats[torch.arange(feats.size(0)), s], alpha, logp
         if self.training or self.test_rule == "expectation":
             return _weighted(alpha, feats), alpha, None
-        s = alpha.argmax(dim=-1)  # (B,)
-        return feats[torch.arange(feats.size(0)), s], alpha, None
+        return self.read(feats, alpha), alpha, None
+
+    def read(self, feats, alpha):
+        if self.training or self.test_rule == "expectation":
+            return _weighted(alpha, feats)
+        s = alpha.argmax(dim=-1)  # (B,) the test-time rule: the most probable location only
+        return feats[torch.arange(feats.size(0)), s]
 
     def rewards(self, token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """R_t (B, T) from log p(y_t | …) (B, T): words from t on ('to_go') or the whole caption."""

@@ -4,12 +4,14 @@
     out = cap.caption(Image.open("photo.jpg"), beam_size=3)
     out.words, out.attention.shape  # ['a', 'red', 'circle'], (T, h, w) with T = len(words) + 1 (<end>)
     out.truncated                   # True when cut at max_len words: then T = len(words), no <end>
+    cap.caption(image, force={2: (7, 3)})  # word 2's attention forced onto grid cell row 7, col 3
+                                           # (sat/steer.py: words counted from 1, earlier ones kept)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from .encoder import Encoder, create_encoder
 from .image import load_image, preprocess
 from .model import CaptionModel
 from .search import MAX_BEAM_SIZE, Hypothesis, check_options, decode
+from .steer import steer_hypothesis
 from .vocab import END, Vocab
 from .weights import CARD_FILE, WeightsError, check_encoder_fit, load_into, read_weights
 
@@ -114,8 +117,11 @@ class Captioner:
     def caption_features(self, fmap: torch.Tensor, *, mode: str = "beam", beam_size: int = 3,
                          max_len: int | None = None, temperature: float = 1.0,
                          length_penalty: float = 0.0, no_repeat_ngram_size: int = 0,
-                         seed: int | None = None) -> list[Caption]:
-        """Caption from encoder-trunk feature maps (B, C, h, w), e.g. read from the feature cache."""
+                         seed: int | None = None,
+                         force: Mapping[int, tuple[int, int]] | None = None) -> list[Caption]:
+        """Caption from encoder-trunk feature maps (B, C, h, w), e.g. read from the feature cache.
+        With `force` ({word index from 1: (row, col)}, one image only): the steered caption
+        (sat/steer.py), decoded after the original one with the same settings."""
         cfg = self.config
         max_len = cfg.max_len if max_len is None else max_len
         lo, hi = INT_LIMITS["max_len"]
@@ -128,11 +134,16 @@ class Captioner:
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)
         feats = self.model.annotations(fmap.to(self.device, torch.float32))  # (B, L, D)
-        hyps = decode(self.model.decoder, feats, mode=mode, beam_size=beam_size, max_len=max_len,
-                      temperature=temperature, length_penalty=length_penalty,
-                      no_repeat_ngram_size=no_repeat_ngram_size, generator=gen,
-                      pad_id=self.vocab.pad_id, start_id=self.vocab.start_id, end_id=self.vocab.end_id,
-                      unk_id=self.vocab.unk_id)
+        opts = dict(mode=mode, beam_size=beam_size, max_len=max_len, temperature=temperature,
+                    length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                    pad_id=self.vocab.pad_id, start_id=self.vocab.start_id, end_id=self.vocab.end_id,
+                    unk_id=self.vocab.unk_id)
+        hyps = decode(self.model.decoder, feats, generator=gen, **opts)
+        if force is not None:
+            if seed is not None:  # NOTE: the same draws as the original caption up to the forced word
+                gen = torch.Generator(device=self.device).manual_seed(seed)
+            hyps = [steer_hypothesis(self.model.decoder, feats, hyps[0], force, grid=cfg.grid,
+                                     hard=cfg.attention == "hard", generator=gen, **opts)]
         return [self._to_caption(hyp, cfg.grid) for hyp in hyps]
 
     def _to_caption(self, hyp: Hypothesis, grid: tuple[int, int]) -> Caption:
@@ -143,6 +154,14 @@ class Captioner:
                        token_probs=[float(np.exp(lp)) for lp in hyp.token_logprobs],
                        logprob=hyp.logprob, score=hyp.score, truncated=hyp.truncated)
 
-    def caption(self, image: Image.Image | str | Path | bytes, **kwargs: Any) -> Caption:
-        """Caption one image (PIL image, path or encoded bytes). Raises ImageError if unreadable."""
-        return self.caption_batch([image], **kwargs)[0]
+    def caption(self, image: Image.Image | str | Path | bytes, *,
+                force: Mapping[int, tuple[int, int]] | None = None, **kwargs: Any) -> Caption:
+        """Caption one image (PIL image, path or encoded bytes). Raises ImageError if unreadable.
+        `force` = {t: (row, col)}: word t's attention (t from 1) forced onto that grid cell, the
+        words before t kept (sat/steer.py); bad t / row / col → one-line ValueError."""
+        if force is None:
+            return self.caption_batch([image], **kwargs)[0]
+        x = self.pixels([image]).to(self.device)
+        with torch.inference_mode():
+            fmap = self.encoder.encode_trunk(x)  # (1, C, h, w)
+        return self.caption_features(fmap, force=force, **kwargs)[0]

@@ -65,11 +65,8 @@ class CaptionModel(nn.Module):
         inputs, targets = captions[:, :-1], captions[:, 1:]  # (B, T) each
         self.decoder.begin_batch()
         mask = targets != pad_id  # (B, T)
-        logits, alphas, sample_logp = self.decoder(self.annotations(fmap), inputs, mask)  # (N, V), (B, T, L)
-        # NOTE: float32 whatever the logits' dtype: under bf16 autocast a bf16 token count is
-        # inexact above 256, and the loss is summed in float32.
-        nll = logits.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(
-            mask, self._token_nll(logits, targets[mask]))  # (B, T), 0 at pads
+        logits, alphas, sample_logp = self.decoder(self.annotations(fmap), inputs, mask)  # (N|B·T, V), (B, T, L)
+        nll = nll_grid(logits, targets, mask)  # (B, T), 0 at pads
         mask = mask.float()
         denom = mask.sum().clamp_min(1.0) if n_tokens is None else max(float(n_tokens), 1.0)
         xent = nll.sum() / denom
@@ -77,17 +74,26 @@ class CaptionModel(nn.Module):
         loss = xent + share * extra
         return loss, {"loss": loss.detach(), "xent": xent.detach(), **stats, "tokens": mask.sum()}
 
-    @staticmethod
-    def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """−log p(target) (N,) float32: the chunked kernel (sat/xent.py) or the plain op."""
-        if use_cpu_kernels(logits):
-            return token_nll(logits, targets)
-        return F.cross_entropy(logits.float(), targets, reduction="none")
-
     def loss(self, fmap: torch.Tensor, captions: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
         """`forward` with the stats as floats (one host sync; keyword arguments as `forward`'s)."""
         loss, stats = self(fmap, captions, **kwargs)
         return loss, stats_to_floats(stats)
+
+
+def nll_grid(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """−log p(y_t) as a (B, T) float32 grid, 0 at pads, from either decoder output layout:
+    logits (N, V) over `mask`'s real tokens (the packed CPU path; the chunked kernel of sat/xent.py
+    with the CPU kernels on) or (B, T, V) over every position (the plain path: `F.cross_entropy`,
+    static shapes, no host sync).
+
+    NOTE: float32 whatever the logits' dtype: under bf16 autocast a bf16 token count is inexact above
+    256, and the loss is summed in float32."""
+    if logits.dim() == 3:
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")  # (B·T,)
+        return torch.where(mask, nll.view(targets.shape), 0.0)  # (B, T)
+    real = targets[mask]  # (N,)
+    nll = token_nll(logits, real) if use_cpu_kernels(logits) else F.cross_entropy(logits.float(), real, reduction="none")
+    return logits.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, nll)
 
 
 def stats_to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -9,6 +9,9 @@ Events (all queued; captions share one concurrency group of size 1 and the grid 
   the other when linked (same word number, clamped to its caption: `studio.ui.LINK_RULE`);
 - overlay settings (style, plain image, opacity, smoothing) → redraw both overlays (and the
   legends); on release / change → rewrite the grids;
+- a click on a column's picture → that model re-decodes with the selected word's attention forced
+  onto the clicked point ("If word t looked here: …", studio/steering.py); its reset clears it, and
+  so does a new caption. `/steer` (API only): image, model name, word (from 1), x, y, decoding options;
 - `/caption` (API only, a hidden button): both models' captions as JSON; inputs: image, mode, beam,
   temperature, max length, then length penalty and no-repeat n-gram size (optional: slider defaults).
 """
@@ -110,6 +113,12 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                          js_on_load=CHIP_JS)
                     c["overlay"] = gr.Image(label=f"{name} attention", type="pil", format="png",
                                             interactive=False, height=400, elem_id=f"{name}-overlay")
+                    # NOTE: hidden while empty: an empty HTML component still takes ~60 px
+                    with gr.Row(equal_height=False, visible=False, elem_classes=["sat-steer-row"],
+                                elem_id=f"{name}-steer-row") as c["steer_row"]:
+                        c["steer"] = gr.HTML('<div class="sat-steer"></div>', elem_id=f"{name}-steer")
+                        c["reset"] = gr.Button("Reset gaze", size="sm", visible=False, scale=0,
+                                               min_width=100, elem_id=f"{name}-steer-reset")
                     c["legend"] = gr.HTML(studio.legends("spotlight", False)[names.index(name)],
                                           elem_id=f"{name}-legend")
                     # NOTE: buttons=[]: the reset button would move it without an `input` event.
@@ -172,8 +181,28 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
         def pick_example(evt: gr.SelectData) -> str:
             return examples[evt.index]
 
+        decoding = [mode, beam, temperature, max_len, length_penalty, no_repeat]
+        for name in names:
+            steer_out = [cols[name]["steer"], cols[name]["reset"], cols[name]["steer_row"]]
+
+            # NOTE: SelectData.index of an image is the clicked pixel (x, y) of the picture shown
+            def steer_click(evt: gr.SelectData, result, path, position, *opts, _name=name):
+                return studio.on_steer(_name, evt.index, result, path, position, *opts)
+
+            cols[name]["overlay"].select(steer_click, [state, upload, cols[name]["slider"], *decoding], steer_out,
+                                         api_visibility="private", concurrency_id="caption",
+                                         concurrency_limit=CAPTION_CONCURRENCY, trigger_mode="always_last")
+            cols[name]["reset"].click(studio.on_steer_reset, None, steer_out, api_visibility="private")
+            gr.on([upload.change, caption_btn.click], studio.on_steer_reset, None, steer_out,
+                  api_visibility="private")
+
         gallery.select(pick_example, None, upload, api_visibility="private")
         # NOTE: the two newer options last: clients that send the first five get the sliders' defaults
         api_btn.click(studio.api_caption, [upload, mode, beam, temperature, max_len, length_penalty, no_repeat],
                       api_json, api_name="caption", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY)
+        steer_name = gr.Textbox(names[0], visible=False)  # NOTE: free text: a bad name gets our message
+        steer_word, steer_x, steer_y = gr.Number(1, visible=False), gr.Number(0, visible=False), gr.Number(0, visible=False)
+        gr.Button(visible=False).click(studio.api_steer, [upload, steer_name, steer_word, steer_x, steer_y, *decoding],
+                                       api_json, api_name="steer", concurrency_id="caption",
+                                       concurrency_limit=CAPTION_CONCURRENCY)
     return demo

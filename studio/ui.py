@@ -14,6 +14,10 @@ column shows word min(i, T_other) in the other: the same word number, or the oth
 token when it is shorter (LINK_RULE, shown on screen). Only user moves (the slider's `input`, a
 chip's click) are handled, so setting the other slider never echoes back.
 
+Steering (studio/steering.py): clicking a column's picture re-decodes that model's caption with the
+selected word's attention forced onto the clicked point, shown as "If word t looked here: …" under
+its caption with the changed words marked, and a reset; `/steer` is the same as an API.
+
 The upload is `PhotoInput`, a `gr.Image` whose value is the uploaded file itself: every format goes
 through `sat.image.load_image` (16-bit, CMYK, EXIF …), so unreadable files get our message.
 """
@@ -35,6 +39,7 @@ from sat.paths import EXAMPLES, WEIGHTS
 from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, StudioResult, _strip_name,
                         caption_upload, describe_slot, load_slot, log, render_overlay, safe_caption,
                         write_grid)
+from .steering import display_to_image, steer_html, steer_upload
 
 NAMES = ("soft", "hard")
 CSS = """
@@ -50,6 +55,12 @@ CSS = """
 .sat-warning { padding: 6px 10px; border-left: 4px solid #f59e0b; }
 .sat-cut { font-style: italic; opacity: .75; }
 .sat-legend { font-size: .85rem; opacity: .85; }
+.sat-steer { font-size: 1rem; padding: 4px 8px; border-left: 4px solid var(--color-accent, #f97316); }
+.sat-steer:empty { display: none; }
+.sat-steer-row { align-items: center; }
+.sat-steer-row button { flex-grow: 0 !important; align-self: center; }
+.sat-changed { background: #fde68a; color: #111; padding: 0 3px; border-radius: 4px; }
+.sat-gone { font-size: .85rem; opacity: .75; text-decoration: line-through; }
 #examples .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
 #examples .thumbnail-item { min-width: 0; width: 100%; height: auto; aspect-ratio: 1; }
 #examples .top-panel { display: none; }
@@ -150,6 +161,7 @@ def legend(style: str, plain: bool, *, hard: bool) -> str:
     text += " A dashed box, when shown, is the square the model saw."
     if hard:
         text += " Solid box: the one cell hard attention read (argmax α)."
+    text += " Click the picture to see what the selected word becomes if the model looks there."
     return f'<div class="sat-legend">{text}</div>'
 
 
@@ -264,6 +276,52 @@ class Studio:
         except Exception as e:  # noqa: BLE001 — never an error without a message ({"error": null})
             log.exception("/caption failed")
             raise gr.Error(f"captioning failed: {type(e).__name__}: {e}") from None
+
+    def api_steer(self, path: str | None, name: str, word: float, x: float, y: float, mode: str,
+                  beam: float, temperature: float, max_len: float, length_penalty: float = 0.0,
+                  no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> dict[str, Any]:
+        """The `steer` API endpoint: model ``name``'s caption with word ``word`` (from 1) forced to
+        look at pixel (x, y) of the image, in the /caption format (errors → gr.Error, one log line)."""
+        if not path:
+            raise gr.Error("no image given")
+        opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
+                             length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        try:
+            return steer_upload(self.slots, path, name, word, x, y, opts).to_json()
+        except ImageError as e:
+            file = Path(path).name
+            log.warning("/steer: can't read %s: %s", file, e)
+            raise gr.Error(f"can't read {file}: {_strip_name(str(e), file)}") from None
+        except ValueError as e:
+            log.warning("/steer: %s", e)
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001
+            log.exception("/steer failed")
+            raise gr.Error(f"steering failed: {type(e).__name__}: {e}") from None
+
+    def on_steer(self, name: str, point: Sequence[float] | None, result: StudioResult | None,
+                 path: str | None, position: float, mode: str, beam: float, temperature: float,
+                 max_len: float, length_penalty: float = 0.0,
+                 no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> list[Any]:
+        """A click at ``point`` (x, y of the shown picture) on column ``name`` while its word
+        ``position`` (from 1) is selected → [the "if it looked here" line, the reset button, their row]."""
+        if result is None or name not in result.outputs or not path or point is None:
+            return self.on_steer_reset()
+        x, y = display_to_image(result, float(point[0]), float(point[1]))
+        opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
+                             length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        try:
+            steered = steer_upload(self.slots, path, name, int(position), x, y, opts)
+        except (ImageError, ValueError) as e:
+            log.warning("steering %s: %s", name, e)
+            return [f'<div class="sat-steer sat-warning">⚠️ {html.escape(str(e))}</div>', gr.Button(visible=False),
+                    gr.Row(visible=True)]
+        return [steer_html(steered), gr.Button(visible=True), gr.Row(visible=True)]
+
+    @staticmethod
+    def on_steer_reset() -> list[Any]:
+        """[the emptied steering line, the hidden reset button, the hidden row holding them]."""
+        return [steer_html(None), gr.Button(visible=False), gr.Row(visible=False)]
 
     def _prune_grids(self) -> None:
         cutoff = time.time() - GRID_MAX_AGE_S

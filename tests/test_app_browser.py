@@ -139,3 +139,40 @@ def test_phone_shows_the_caption_and_its_overlay_in_the_first_screen(app_url):
         y = {s: page.locator(s).bounding_box()["y"] for s in ("#upload", "#examples", "#soft-column", "#hard-column", "#settings")}
         assert y["#upload"] < y["#examples"] < y["#soft-column"] < y["#hard-column"] < y["#settings"], y
         assert not page.locator("#mode").is_visible()  # the decoding settings start collapsed
+
+
+def click_picture(page, name: str, fx: float, fy: float) -> None:
+    """Click the point at fractions (fx, fy) of the picture shown in a column (object-fit: contain)."""
+    img = page.locator(f"#{name}-overlay img")
+    box = img.bounding_box()
+    nw, nh = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    s = min(box["width"] / nw, box["height"] / nh)
+    x0, y0 = box["x"] + (box["width"] - nw * s) / 2, box["y"] + (box["height"] - nh * s) / 2
+    page.mouse.click(x0 + fx * nw * s, y0 + fy * nh * s)
+
+
+@pytest.mark.parametrize("width,height", [(1400, 1000), (390, 844)])
+def test_a_steering_click_changes_the_caption(app_url, tmp_path, width, height):
+    """Word "circle" selected, a click on the red star: the soft model now says "star" there,
+    with the words before it kept and the changed word marked; reset clears it."""
+    with open_page(app_url, width=width, height=height) as page:
+        upload(page, str(OTHER))  # a yellow circle (top left), an orange heart, a red star (right)
+        wait_for_captions(page)
+        soft = chips(page, "soft")
+        assert "circle" in soft, soft
+        t = soft.index("circle") + 1
+        page.locator("#soft-caption .sat-chip").nth(t - 1).click()
+        word_is(page, "soft", f"Word {t} of")
+        wait_idle(page)
+        click_picture(page, "soft", 158 / 224, 114 / 224)  # the star's centre (its box: x 120–196, y 76–152)
+        page.wait_for_selector("#soft-steer .sat-steered", timeout=60_000)
+        steered = page.inner_text("#soft-steer .sat-steered").split()
+        assert steered[:t - 1] == soft[:t - 1] and steered[t - 1] == "star", (soft, steered)
+        assert "star" in page.locator("#soft-steer .sat-changed").all_inner_texts()
+        assert f"If word {t} looked here" in page.inner_text("#soft-steer")
+        assert page.locator("#soft-caption .sat-chip").all_inner_texts() == soft  # the original stays
+        wait_idle(page)
+        page.screenshot(path=str(tmp_path / f"steer-{width}.png"), full_page=False)
+        page.click("#soft-steer-reset")
+        page.wait_for_function("() => !document.querySelector('#soft-steer .sat-steered')")
+        assert not page.locator("#soft-steer-reset").is_visible()

@@ -80,9 +80,9 @@ def test_caption_endpoint_takes_the_decoding_options_last(client):
 
 
 @pytest.mark.slow
-def test_only_the_caption_endpoint_is_public(client):
+def test_only_the_caption_and_steer_endpoints_are_public(client):
     info = client.view_api(return_format="dict", print_info=False)
-    assert list(info["named_endpoints"]) == ["/caption"]
+    assert list(info["named_endpoints"]) == ["/caption", "/steer"]
 
 
 # ----------------------------------------------------------------------------- deployment
@@ -125,3 +125,35 @@ def test_app_without_any_loadable_weights_exits_with_a_message(tmp_path):
     assert "Hard attention" in out.stderr and "not a Hub repository id" in out.stderr
     assert "no weights could be loaded" in out.stderr and "Traceback" not in out.stderr
     assert time.perf_counter() - t0 < 60
+
+
+@pytest.mark.slow
+def test_steer_endpoint_forces_the_word_onto_the_clicked_cell(client, tmp_path):
+    """/steer: (image, model, word from 1, x, y, decoding options) → that model's caption in the
+    /caption format, word t's attention on the clicked cell (the tiny models' 2×2 grid: 112-px cells
+    of the 224-px example), the words before t kept; bad input is one clear error."""
+    from PIL import Image
+
+    orig = client.predict(handle_file(str(EXAMPLE)), "greedy", 1, 1.0, 6, api_name="/caption")
+    for name in ("soft", "hard"):
+        t = min(2, len(orig[name]["tokens"]))
+        data = client.predict(handle_file(str(EXAMPLE)), name, t, 180, 20, "greedy", 1, 1.0, 6, api_name="/steer")
+        assert set(data) == {"image", name} and data["image"] == {"width": 224, "height": 224}
+        m = data[name]
+        assert m["steered"]["cell"] == [0, 1] and m["steered"]["word"] == t
+        assert m["steered"]["original"] == orig[name]["text"]
+        att = np.asarray(m["attention"])
+        assert att.shape == (len(m["tokens"]), 2, 2) and len(m["token_probs"]) == len(m["tokens"])
+        if name == "hard":  # exactly the clicked cell
+            assert att[t - 1].tolist() == [[0.0, 1.0], [0.0, 0.0]]
+        else:  # a 1-cell Gaussian centred there
+            assert att[t - 1].argmax() == 1 and att[t - 1, 0, 1] == pytest.approx(1 / (1 + 2 * np.exp(-0.5) + np.exp(-1)), abs=1e-4)
+        assert m["tokens"][:t - 1] == orig[name]["tokens"][:t - 1]
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (300, 100), (200, 30, 30)).save(wide)
+    with pytest.raises(AppError, match=r"point \(10, 50\) is outside the part of the image the model sees \(x 100–199"):
+        client.predict(handle_file(str(wide)), "hard", 1, 10, 50, "greedy", 1, 1.0, 6, api_name="/steer")
+    with pytest.raises(AppError, match=r"word index 99 is outside the caption"):
+        client.predict(handle_file(str(EXAMPLE)), "hard", 99, 10, 50, "greedy", 1, 1.0, 6, api_name="/steer")
+    with pytest.raises(AppError, match=r"model must be one of 'soft', 'hard', got 'medium'"):
+        client.predict(handle_file(str(EXAMPLE)), "medium", 1, 10, 50, "greedy", 1, 1.0, 6, api_name="/steer")

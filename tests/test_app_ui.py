@@ -187,7 +187,7 @@ def test_create_app_builds_with_an_api_endpoint_and_model_info(tmp_path):
     demo = create_app(soft=soft, hard=bad, warmup=False, examples=[])
     assert isinstance(demo, gr.Blocks)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"caption"}  # the UI's own events stay private
+    assert public == {"caption", "steer"}  # the UI's own events stay private
     soft_info = _component(demo, "soft-info")["value"]
     assert str(soft) in soft_info and "synthetic scenes" in soft_info and "not* a photo model" in soft_info
     hard_info = _component(demo, "hard-info")["value"]

@@ -29,7 +29,7 @@ from sat.search import MAX_LENGTH_PENALTY, MAX_NGRAM
 from train import config_file
 from train.config_file import DERIVED, parse_bool
 from train.loop import TrainConfig
-from train.pipeline import DataConfig, run_default, run_evaluate, run_fit
+from train.pipeline import DataConfig, run_default, run_evaluate, run_extract, run_fit
 from train.presets import PAPER_SCORES, PRESETS
 
 # NOTE: the shipped model's settings; `fit` exposes each as a flag.
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     fit_p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                        help="photo settings for a GPU (train/presets.py); a --config file and flags override it")
     fit_p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    fit_p.add_argument("--extract-only", action="store_true",
+                       help="load the data and extract its features into the cache, then stop (the fit that "
+                            "follows with the same settings reuses them)")
     fit_p.add_argument("--out", type=Path, default=None, help="weights folder to write (required)")
     fit_p.add_argument("--run-dir", type=Path, default=None, help="checkpoints/logs (default runs/<out name>)")
     fit_p.add_argument("--beam-size", type=int, default=3, help="beam size of the final test evaluation")
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = config_file.resolved(args)
             if args.print_config:  # NOTE: after the configs are built: an invalid combination is an error here too
                 print(config_file.dump(settings, command=command), end="")
+                return 0
+            if args.extract_only:
+                run_extract(cfgs[0], cfgs[2], device=args.device, progress=not args.no_progress)
                 return 0
             if int(os.environ.get("RANK", "0")) == 0:  # NOTE: the run folder's copy is written first: kept if it fails
                 config_file.write_resolved(args.run_dir or REPO / "runs" / args.out.name, settings, command=command)

@@ -27,6 +27,7 @@ from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
 from train.loop import TrainConfig
 from train.metrics import METRIC_KEYS, CaptionScorer
+from train.steering import STEER_CHANCE
 from train.pipeline import (TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config,
                             fit_and_evaluate, prepare, ship, split_rows)
 from train.variants import SCST_VARIANTS, VARIANTS, WARM_STARTS, variant_train_config, warm_schedule
@@ -195,20 +196,21 @@ def _warm_note(results: list[dict], tc: TrainConfig) -> str:
 def write_results(results: list[dict], out_dir: Path, *, command: str, tc: TrainConfig, base: ModelConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results, indent=2)
-    head = ["variant", *COLUMNS, "pointing", "chance", "params", "train s"]
+    head = ["variant", *COLUMNS, "pointing", "chance", "steer", "params", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         g = r.get("grounding", {})
         name = SCST_VARIANTS.get(r["name"], r["name"]) + (f" (from {r['init_from']})" if r.get("init_from") else "")
         cells = [name, *(_fmt(r[c]) for c in COLUMNS), _fmt(g.get("pointing", "–")),
-                 _fmt(g.get("chance_pointing", "–")), f"{r.get('params', 0) / 1e6:.2f} M", f"{r.get('train_seconds', 0):.0f}"]
+                 _fmt(g.get("chance_pointing", "–")), _fmt(g.get("steer_success", "–")), f"{r.get('params', 0) / 1e6:.2f} M", f"{r.get('train_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     beam = next((r["beam_size"] for r in results if r.get("beam_size")), "–")
     text = (f"Scenes test split, beam {beam}; every trained row: same data, seed {tc.seed}, "
             f"{tc.epochs} epochs max (early stopping on validation BLEU-4), batch {tc.batch_size}, "
             f"embed {base.embed_dim} / attention {base.attention_dim} / hidden {base.decoder_dim}. "
             f"Pointing: share of generated object words whose attention peak lies on the object "
-            f"(chance: a uniform map). The + SCST rows fine-tune by self-critical sequence training on CIDEr-D "
+            f"(chance: a uniform map). Steer: share of object words that become another object's shape when "
+            f"the word's attention is forced onto that object's centre (chance {STEER_CHANCE:.3f}: a random shape word). The + SCST rows fine-tune by self-critical sequence training on CIDEr-D "
             f"(early stopping on validation CIDEr-D of greedy captions); reference_ceiling scores each image's "
             f"last reference against the others.{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
     (out_dir / "results.md").write_text(text, encoding="utf-8")

@@ -5,6 +5,7 @@ extractor call the same functions either way:
 
     ctx = current()                  # rank, world size, local rank (world 1 without torchrun)
     shard(global_batch, ctx)         # this rank's rows of a global batch
+    data_parallel(model, device)     # DistributedDataParallel, or the model itself
     all_reduce_sum_(tensors)         # in place, one coalesced collective
     barrier(); broadcast_object(x); gather_objects(x)
 
@@ -149,13 +150,18 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
-    """Make every rank's parameters and float buffers rank `src`'s (identical starting weights)."""
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` wrapped in DistributedDataParallel under torchrun (the model itself in one process).
+
+    DDP copies rank 0's parameters and buffers to every rank at construction (an identical start
+    even if a rank's initialisation drew other numbers), all-reduces the gradients in buckets while
+    the backward pass runs, and copies rank 0's buffers to the others before each forward.
+    """
     if not current().active:
-        return
-    with torch.no_grad():
-        for t in [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]:
-            dist.broadcast(t.data, src=src)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 @contextlib.contextmanager

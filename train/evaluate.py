@@ -74,7 +74,8 @@ def score_split(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, reference
     """Generate with beam search and compute the official metrics. references: raw strings per image.
 
     With `truth` (per image: objects and their (H, W) mask, as the scenes provide), also the
-    grounding score of the generated object words and its uniform-attention chance level.
+    grounding score of the generated object words and its uniform-attention chance level, and
+    steer_success (train/steering.py: the named shape follows the gaze when it is forced elsewhere).
     A `scorer` keeps one METEOR JVM alive across several evaluations (it starts in ~10 s).
     """
     mode = "greedy" if beam_size == 1 else "beam"
@@ -95,6 +96,10 @@ def score_split(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, reference
                              crop_pct=model.config.crop_pct)
         chance = uniform_chance(caps, objects, masks)
         g.update({"chance_pointing": chance["pointing"], "chance_mass": chance["mass"]})
+        from train.steering import steer_success  # NOTE: causal grounding: the gaze forced elsewhere
+        g.update(steer_success(model, vocab, maps, hyps, objects, masks, mode=mode, beam_size=beam_size,
+                               length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                               device=device, progress=progress))
         metrics["grounding"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in g.items()}
     return metrics, words
 
@@ -109,6 +114,9 @@ def write_metrics(metrics: dict, path: str | Path | None) -> None:
         g = metrics["grounding"]
         line += (f"\ngrounding: pointing {g['pointing']:.3f} (chance {g['chance_pointing']:.3f}) | "
                  f"mass {g['mass']:.3f} (chance {g['chance_mass']:.3f}) | {g['n_words']} object words")
+        if "steer_success" in g:
+            line += (f"\nsteering: steer_success {g['steer_success']:.3f} (chance {g['steer_chance']:.3f}) | "
+                     f"{g['steer_trials']} trials")
     print(line)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

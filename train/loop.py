@@ -4,10 +4,14 @@ validation score computed from *generated* captions, checkpoints with optimizer 
 It knows nothing about a specific decoder: it calls `model(maps, captions)` (the loss, stats as
 tensors: one host sync per step, for logging) and a `validate(model) -> float` callback (higher is better; BLEU-4 of greedy captions by default).
 
-Under torchrun (train/distributed.py) every rank draws the same shuffled order, takes its rows of
-each *global* batch (`--batch-size` is the global batch), and the gradients are summed across
-ranks in one all-reduce per step; rank 0 alone validates, logs and checkpoints. The result equals
-a single process with the same batch size, up to float rounding (see `_data_parallel_step`).
+Batches stream from the feature cache through a DataLoader (train/batches.py). Under torchrun
+(train/distributed.py) the model is wrapped in DistributedDataParallel: every rank draws the same
+shuffled order and takes its rows of each *global* batch (`--batch-size` is the global batch), DDP
+all-reduces the gradients during the backward pass, and rank 0 alone validates, logs and
+checkpoints. For soft attention the result equals a single process with the same batch size, up to
+float rounding (see `_step`). Hard attention: each rank samples its own locations, and the reward
+baselines b_t are rank 0's running averages (DDP copies rank 0's buffers to every rank before each
+forward), so an N-rank hard run is a different random run than one process, not the same numbers.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from sat.atomic import write_json
 from sat.kernels import check_mode, cpu_kernels
 from sat.model import CaptionModel, stats_to_floats
 from train import distributed as D
+from train.batches import Batch, CaptionData, FeatureRows, batch_loader  # noqa: F401 (re-exported)
 from train.checkpoint import apply_settings, check_model, load_checkpoint, resumed_config, save_atomic
 
 LAST, BEST = "last.pt", "best.pt"
@@ -72,6 +77,9 @@ class TrainConfig:
     cpu_kernels: str = "auto"
     """The CPU micro-kernels (sat/kernels.py: StepLSTMCell, chunked cross-entropy and attention):
     'auto' = on for a CPU run, off on CUDA (plain nn.LSTMCell / F.cross_entropy); 'on' or 'off'."""
+    workers: int = 2
+    """DataLoader worker processes preparing the next batches from the feature cache (0 = in the
+    training process). NOTE: the reads are sequential and tiny next to a step, so 2 suffice."""
     compile: bool = False
     """torch.compile the model's loss (the plain ops are used under compile, sat/kernels.py). On CPU
     it needs a C++ compiler, and the first steps pay the compilation."""
@@ -110,35 +118,10 @@ class TrainConfig:
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
         if min(self.grad_clip, self.alpha_c, self.lr_patience, self.early_stop, self.max_steps,
-               self.captions_per_image) < 0:
-            raise ValueError("grad_clip, alpha_c, lr_patience, early_stop, max_steps and "
-                             "captions_per_image must be ≥ 0")
+               self.captions_per_image, self.workers) < 0:
+            raise ValueError("grad_clip, alpha_c, lr_patience, early_stop, max_steps, "
+                             "captions_per_image and workers must be ≥ 0")
         check_mode(self.cpu_kernels)
-
-
-@dataclass
-class CaptionData:
-    """Training pairs: `captions[k]` describes image `maps[rows[k]]`."""
-    maps: torch.Tensor      # (N, C, h, w) float16 encoder-trunk maps
-    rows: torch.Tensor      # (P,) long
-    captions: torch.Tensor  # (P, T+1) long: <start> w… <end> <pad>…
-
-    def __len__(self) -> int:
-        return int(self.rows.numel())
-
-    def epoch_order(self, generator: torch.Generator, per_image: int = 0) -> torch.Tensor:
-        """Shuffled pair indices for one epoch; at most `per_image` random captions per image."""
-        perm = torch.randperm(len(self), generator=generator)
-        if not per_image:
-            return perm
-        # rank of each pair among its image's pairs in this random order; keep ranks < per_image
-        rows = self.rows[perm]
-        order = torch.argsort(rows, stable=True)  # group by image, random order inside a group
-        sorted_rows = rows[order]
-        first = torch.searchsorted(sorted_rows, sorted_rows, side="left")
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order)) - first
-        return perm[rank < per_image]
 
 
 def _save_history(out: Path, history: list[dict], score_name: str = "BLEU-4") -> None:
@@ -172,45 +155,33 @@ def plot_history(history: list[dict], path: Path, *, score_name: str = "BLEU-4")
     plt.close(fig)
 
 
-def _data_parallel_step(model: CaptionModel, forward: Callable, maps: torch.Tensor, caps: torch.Tensor, *, n_global: int,
-                        tokens_global: float, pad_id: int, config: TrainConfig,
-                        device: torch.device) -> tuple[dict[str, float], int]:
-    """Forward + backward of this rank's part of a global batch, then the gradient all-reduce.
+def _step(forward: Callable, batch: Batch, *, pad_id: int, config: TrainConfig,
+          device: torch.device) -> dict[str, torch.Tensor]:
+    """Forward + backward of this rank's part of a global batch; returns the step's stats as tensors.
 
-    `forward` is the model itself or its torch.compile'd wrapper. Returns the step's stats (loss and
-    xent of the *global* batch) and the number of local pairs; the stats are read from the device
-    once, at the end.
-
-    NOTE: a manual all-reduce rather than the DDP wrapper: `model.loss` is a method, not
-    `forward` (DDP only hooks forward), and exact equality with one process needs each rank's loss
-    weighted by the *global* token count (`n_tokens`) and its share of the pairs (`share`), so the
-    gradients are *summed*, not averaged as DDP does. The cost is no overlap of communication with
-    the backward pass: one coalesced all-reduce of the gradients (≈ 4 bytes × parameters) per step,
-    with the step's loss scalars in the same buffer.
+    `forward` is the model, its DistributedDataParallel wrapper, or either compiled. Each rank's
+    loss is its share of the *global* batch's loss: cross-entropy summed over its tokens divided by
+    the global token count, its regulariser weighted by its share of the pairs. The global loss is
+    the *sum* over ranks, while DDP *averages* gradients: the backward pass scales by the world size.
+    A rank without rows in a short last batch backpropagates one row with weight 0, so every rank
+    joins every gradient all-reduce. "loss"/"xent" are summed across ranks (the global batch's).
     """
     ctx = D.current()
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_local = int(caps.size(0))
-    stats: dict[str, torch.Tensor] = {}
-    loss_sum = torch.zeros(2, device=device)  # this rank's share of (loss, xent)
-    if n_local:
-        with D.autocast(device, config.bf16):
-            loss, stats = forward(maps, caps, pad_id=pad_id, alpha_c=config.alpha_c,
-                                  n_tokens=tokens_global if ctx.active else None,
-                                  share=n_local / n_global)
-        loss.backward()
-        loss_sum[0], loss_sum[1] = stats["loss"], stats["xent"]  # NOTE: device copies, no sync
-    if ctx.active:
-        for p in params:  # NOTE: a rank with no rows in a short last batch still joins with zeros
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        D.all_reduce_sum_([*[p.grad for p in params], loss_sum])
-        # float buffers (hard attention's reward baseline) follow the mean over ranks
-        bufs = [b for b in model.buffers() if b.is_floating_point()]
-        D.all_reduce_sum_(bufs)
-        for b in bufs:
-            b.div_(ctx.world)
-    return stats_to_floats({**stats, "loss": loss_sum[0], "xent": loss_sum[1]}), n_local
+    maps = batch.maps.to(device, torch.float32, non_blocking=True)
+    caps = batch.captions.to(device, non_blocking=True)
+    share = batch.n_local / batch.n_global
+    with D.autocast(device, config.bf16):
+        loss, stats = forward(maps, caps, pad_id=pad_id, alpha_c=config.alpha_c,
+                              n_tokens=batch.tokens_global if ctx.active else None, share=share)
+    weight = 0.0 if batch.dummy else float(ctx.world)
+    (loss * weight).backward()
+    if batch.dummy:
+        stats = {k: torch.zeros_like(v) for k, v in stats.items()}
+    if ctx.active:  # NOTE: an async device op: read with the other stats, one sync per step
+        pair = torch.stack([stats["loss"], stats["xent"]]).float()
+        D.all_reduce_sum_([pair])
+        stats = {**stats, "loss": pair[0], "xent": pair[1]}
+    return stats
 
 
 def make_optimizer(groups) -> torch.optim.Adam:
@@ -258,13 +229,13 @@ def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionM
         out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     model.to(device)
-    D.broadcast_module_(model)  # NOTE: identical start even if a rank's init drew other numbers
+    engine = D.data_parallel(model, device)  # NOTE: DDP copies rank 0's weights to every rank
     tail = [p for p in model.tail.parameters() if p.requires_grad]
     groups = [{"params": list(model.decoder.parameters()), "lr": config.lr}]
     if tail:
         groups.append({"params": tail, "lr": config.encoder_lr})
     opt = make_optimizer(groups)
-    forward = torch.compile(model) if config.compile else model  # NOTE: shares model's parameters
+    forward = torch.compile(engine) if config.compile else engine  # NOTE: shares model's parameters
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.lr_factor,
                                                        patience=config.lr_patience)
     shuffle = torch.Generator().manual_seed(config.seed)  # NOTE: the same order on every rank
@@ -302,37 +273,31 @@ def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionM
         t0 = time.time()
         model.train()
         perm = data.epoch_order(shuffle, 1 if objective is not None else config.captions_per_image)
-        n_batches = math.ceil(len(perm) / config.batch_size)
+        loader = batch_loader(data, perm, batch_size=config.batch_size, pad_id=pad_id, ctx=ctx,
+                              workers=config.workers, pin=device.type == "cuda", trim=not config.compile)
         tot: dict[str, float] = {}
         cnt: dict[str, int] = {}
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not (progress and main),
-                   leave=False)
-        for b in bar:
-            idx_global = perm[b * config.batch_size:(b + 1) * config.batch_size]
-            caps_global = data.captions[idx_global]
-            width = int((caps_global != pad_id).sum(1).max())  # trim padding columns (global batch)
-            idx = D.shard(idx_global, ctx)
-            caps = data.captions[idx][:, :width]
-            maps = data.maps[data.rows[idx]].to(device, torch.float32, non_blocking=True)
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not (progress and main), leave=False)
+        for b, batch in enumerate(bar):
             opt.zero_grad(set_to_none=True)
             if objective is not None:
+                maps = batch.maps.to(device, torch.float32, non_blocking=True)
                 with D.autocast(device, config.bf16):
-                    loss, stats = objective(model, maps, data.rows[idx])
+                    loss, t_stats = objective(model, maps, batch.image_rows)
                 loss.backward()
+                t_stats = {k: torch.as_tensor(v) for k, v in t_stats.items()}
             else:
-                stats, _ = _data_parallel_step(
-                    model, forward, maps, caps.to(device), n_global=len(idx_global), pad_id=pad_id, config=config,
-                    tokens_global=float((caps_global[:, 1:width] != pad_id).sum()), device=device)
+                t_stats = _step(forward, batch, pad_id=pad_id, config=config, device=device)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             steps += 1
+            stats = stats_to_floats({k: v for k, v in t_stats.items() if k != "tokens"})  # NOTE: the one host sync
             # NOTE: loss/xent are the global batch's; other stats are this rank's, merged per epoch
             for k, v in stats.items():
-                if k != "tokens":
-                    w = len(idx_global) if k in ("loss", "xent") else len(idx)
-                    tot[k] = tot.get(k, 0.0) + v * w
-                    cnt[k] = cnt.get(k, 0) + w
+                w = batch.n_global if k in ("loss", "xent") else batch.n_local
+                tot[k] = tot.get(k, 0.0) + v * w
+                cnt[k] = cnt.get(k, 0) + w
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", xent=f"{stats['xent']:.3f}")
             if config.max_steps and steps >= config.max_steps:

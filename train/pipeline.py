@@ -28,7 +28,8 @@ from train import distributed as D
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
 from train.card import model_card
-from train.loop import CaptionData, TrainConfig, fit
+from train.batches import CaptionData, FeatureRows
+from train.loop import TrainConfig, fit
 from train.metrics import CaptionScorer
 from train.variants import VARIANTS, WARM_STARTS, resolve_init, variant_train_config, warm_start
 
@@ -145,7 +146,8 @@ def caption_data(records: list[ImageRecord], cache: FeatureCache, vocab: Vocab) 
     padded = torch.full((len(caps), width), vocab.pad_id, dtype=torch.long)
     for i, c in enumerate(caps):
         padded[i, : len(c)] = torch.tensor(c)
-    return CaptionData(maps=cache.tensor(train_rows), rows=torch.tensor(rows), captions=padded)
+    # NOTE: streamed from the cache file, never copied whole (train/batches.py)
+    return CaptionData(maps=FeatureRows(cache.maps, train_rows), rows=torch.tensor(rows), captions=padded)
 
 
 def build_model(cfg: ModelConfig, *, seed: int) -> CaptionModel:
@@ -352,6 +354,21 @@ def _run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, ru
     ship(out, main, prep, command=command)
     print(f"total {main.metrics['total_seconds'] / 60:.1f} min")
     return main.metrics
+
+
+def run_extract(cfg: ModelConfig, dc: DataConfig, *, device: str = "auto", progress: bool = True) -> FeatureCache:
+    """`fit --extract-only`: load the data and fill its feature cache, then stop; the `fit` that follows
+    with the same settings finds the cache complete and starts training at once. Under torchrun the
+    ranks share the extraction, as in `fit`."""
+    ctx, dev = D.init(device)
+    try:
+        cache = prepare(dc, cfg, device=dev, progress=progress and ctx.is_main).cache
+    finally:
+        D.shutdown()
+    if ctx.is_main:
+        n, c, h, w = cache.maps.shape  # (N, C, h, w) float16
+        print(f"features: {n} images × {c}×{h}×{w} float16 = {cache.maps.nbytes / 1e9:.2f} GB in {cache.path}")
+    return cache
 
 
 def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_root: Path, runs: Path,

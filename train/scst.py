@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sat.model import CaptionModel
+from sat.model import CaptionModel, nll_grid
 from sat.search import greedy, sample
 from sat.vocab import Vocab
-from sat.xent import token_nll
 from train.cider import CiderD, bleu4_sentences
 
 Tokens = Sequence[str]
@@ -130,9 +129,8 @@ class SCSTObjective:
         inputs, targets = caps[:, :-1], caps[:, 1:]  # (B·K, T)
         mask = targets != self.vocab.pad_id  # (B·K, T)
         feats_rep = feats.repeat_interleave(K, 0)  # (B·K, L, D), with gradients into the tail
-        logits, _, sample_logp = model.decoder(feats_rep, inputs, mask)  # (N, V), _, (B·K, T)|None
-        nll = logits.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(
-            mask, token_nll(logits, targets[mask]))  # (B·K, T)
+        logits, _, sample_logp = model.decoder(feats_rep, inputs, mask)  # (N|B·K·T, V), _, (B·K, T)|None
+        nll = nll_grid(logits, targets, mask)  # (B·K, T)
         caption_logp = -nll.sum(1)  # (B·K,) log p(w), summed per token
         adv = (r - b).reshape(-1).to(caption_logp.device)  # (B·K,)
         policy = caption_logp
@@ -143,8 +141,9 @@ class SCSTObjective:
         stats = {"xent": float(nll.sum().detach() / n_tok), "reward": float(r.mean()),
                  "advantage": float(adv.abs().mean()), "length": float(mask.sum(1).float().mean())}
         if self.entropy:
-            logp_all = torch.log_softmax(logits.float(), -1)  # (N, V)
-            h_mean = -(logp_all.exp() * logp_all).sum(-1).mean()
+            logp_all = torch.log_softmax(logits.float(), -1)  # (N, V) or (B·K, T, V)
+            h = -(logp_all.exp() * logp_all).sum(-1)  # (N,) or (B·K, T)
+            h_mean = h[mask].mean() if h.dim() == 2 else h.mean()
             loss = loss - self.entropy * h_mean
             stats["entropy"] = float(h_mean.detach())
         if greedy_r is not None:

@@ -5,6 +5,7 @@ The interface every decoder implements:
     memory = dec.prepare(feats)                   # per image, once:  dict of (B, ...) tensors
     state  = dec.init_state(memory)               # tuple of (B, ...) tensors
     logits, alpha, state = dec.step(tokens, state, memory)      # one word: (B, V), (B, L)
+    logits, alpha, state = dec.step(tokens, state, memory, force=a)  # the same with α forced to a (B, L)
     logits, alphas, sample_logp = dec(feats, inputs)            # teacher forcing: (B, T, V), (B, T, L), (B, T)|None
     logits, alphas, sample_logp = dec(feats, inputs, mask)      # training: logits (N, V) of the N real tokens
                                                                 #   in mask.nonzero() order; pads hold α = 0
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from ..attention import Attention, attention_from_config
+from ..kernels import use_cpu_kernels
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -52,8 +54,10 @@ class Decoder(nn.Module):
     def init_state(self, memory: Memory) -> State:
         raise NotImplementedError
 
-    def step(self, tokens: torch.Tensor, state: State,
-             memory: Memory) -> tuple[torch.Tensor, torch.Tensor, State]:
+    def step(self, tokens: torch.Tensor, state: State, memory: Memory,
+             force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One word. `force` (B, L): use this attention map for the word instead of the model's own
+        (sat/steer.py); the returned α is then `force`."""
         raise NotImplementedError
 
     def forward(self, feats: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor | None = None):
@@ -93,10 +97,18 @@ class RecurrentDecoder(Decoder):
     def prepare(self, feats: torch.Tensor) -> Memory:
         return {"feats": feats, "keys": self.attention.prepare(feats)}  # (B, L, D), (B, L, A)
 
-    def _advance(self, emb: torch.Tensor, state: State, memory: Memory, cell=None):
+    def _advance(self, emb: torch.Tensor, state: State, memory: Memory, cell=None, force=None):
         """One recurrence step → (new state, context (B, D), alpha (B, L), sample logp (B,) | None).
-        `cell`: what `_forward_cell` returned for this forward pass (None: the module's own cell)."""
+        `cell`: what `_forward_cell` returned for this forward pass (None: the module's own cell);
+        `force`: an α (B, L) to read the context from instead of the attention's own (`_attend`)."""
         raise NotImplementedError
+
+    def _attend(self, memory: Memory, query: torch.Tensor, force: torch.Tensor | None = None):
+        """(context (B, D), α (B, L), sample logp | None) from the attention, or with `force` the
+        context the attention kind reads from that α (hard at test time: its argmax cell)."""
+        if force is None:
+            return self.attention(memory["feats"], memory["keys"], query)
+        return self.attention.read(memory["feats"], force), force, None
 
     def _forward_cell(self):
         """A per-forward-pass stand-in for the recurrent cell in teacher forcing (None: the cell)."""
@@ -106,12 +118,46 @@ class RecurrentDecoder(Decoder):
         """Output layer; works on (B, ·) or (B, T, ·) alike."""
         raise NotImplementedError
 
-    def step(self, tokens, state, memory):
+    def step(self, tokens, state, memory, force=None):
         emb = self.embed(tokens)  # (B, m)
-        state, context, alpha, _ = self._advance(emb, state, memory)
+        state, context, alpha, _ = self._advance(emb, state, memory, force=force)
         return self._logits(emb, state[0], context), alpha, state
 
     def forward(self, feats, inputs, mask=None):
+        """Teacher forcing: feats (B, L, D), inputs (B, T) → logits, α (B, T, L) zeroed at pads, sample
+        log-probs (B, T) | None. Logits are (N, V) over `mask`'s real tokens on the packed path (the
+        CPU kernels' switch, sat/kernels.py), (B, T, V) over every position on the plain path."""
+        if mask is not None and use_cpu_kernels(feats):
+            return self._packed_forward(feats, inputs, mask)
+        return self._dense_forward(feats, inputs, mask)
+
+    def _dense_forward(self, feats, inputs, mask=None):
+        # NOTE: the plain path (CUDA, torch.compile): every row runs all T steps and the output layer
+        # sees every position, so shapes depend on (B, T) only and nothing reads the mask on the host
+        # (no sync, no data-dependent shape); padding costs compute, the loss ignores it.
+        B, T = inputs.shape
+        memory = self.prepare(feats)
+        state = self.init_state(memory)
+        emb = self.embed(inputs)  # (B, T, m)
+        cell = self._forward_cell()
+        hs, zs, alphas, logps = [], [], [], []
+        for t in range(T):
+            state, context, alpha, logp = self._advance(emb[:, t], state, memory, cell)
+            hs.append(state[0])
+            zs.append(context)
+            alphas.append(alpha)
+            logps.append(logp)
+        h, z = torch.stack(hs, 1), torch.stack(zs, 1)  # (B, T, n), (B, T, D)
+        alpha_grid = torch.stack(alphas, 1)  # (B, T, L)
+        sample_logp = None if logps[0] is None else torch.stack(logps, 1)  # (B, T)
+        if mask is not None:
+            keep = mask.to(alpha_grid.dtype)
+            alpha_grid = alpha_grid * keep.unsqueeze(-1)
+            if sample_logp is not None:
+                sample_logp = sample_logp * keep.to(sample_logp.dtype)
+        return self._logits(emb, h, z), alpha_grid, sample_logp  # (B, T, V), (B, T, L), (B, T) | None
+
+    def _packed_forward(self, feats, inputs, mask=None):
         # NOTE: the batch is sorted by caption length and the recurrence runs only on the captions
         # still going at step t (rows [:b_t], as packed sequences do); the output projection, the
         # largest matmul, runs once over the real tokens only. Nothing is computed for padding.

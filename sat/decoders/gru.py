@@ -40,9 +40,9 @@ class GRUDecoder(RecurrentDecoder):
         feats = memory["feats"]
         return (feats.new_zeros(feats.size(0), self.decoder_dim),)  # h_0 = 0, as the tutorial
 
-    def _advance(self, emb, state, memory, cell=None):
+    def _advance(self, emb, state, memory, cell=None, force=None):
         (h,) = state
-        context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
+        context, alpha, logp = self._attend(memory, h, force)
         h = self.cell(torch.cat([context, emb], dim=-1), h)
         return (h,), context, alpha, logp
 

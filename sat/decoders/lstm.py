@@ -59,9 +59,9 @@ class LSTMDecoder(RecurrentDecoder):
         # Only with the CPU kernels on (sat/kernels.py); else nn.LSTMCell itself.
         return StepLSTMCell(self.cell) if torch.is_grad_enabled() and use_cpu_kernels(self.cell.weight_ih) else None
 
-    def _advance(self, emb, state, memory, cell=None):
+    def _advance(self, emb, state, memory, cell=None, force=None):
         h, c = state
-        context, alpha, logp = self.attention(memory["feats"], memory["keys"], h)
+        context, alpha, logp = self._attend(memory, h, force)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context  # β_t ẑ_t, β_t: (B, 1)
         h, c = (cell or self.cell)(torch.cat([emb, context], dim=-1), (h, c))

@@ -50,8 +50,9 @@ class Block(nn.Module):
         k, v = self.cross_kv(mem).chunk(2, dim=-1)  # (B, L, C) each
         return self.split(k), self.split(v)          # (B, H, L, dh) each
 
-    def forward(self, x, ck, cv, past_k=None, past_v=None):
-        """x (B, T, C); ck/cv (B, H, L, dh); past_k/v (B, H, t, dh) or None (then causal over x).
+    def forward(self, x, ck, cv, past_k=None, past_v=None, force=None):
+        """x (B, T, C); ck/cv (B, H, L, dh); past_k/v (B, H, t, dh) or None (then causal over x);
+        force (B, L) or None: every head's cross-attention weights replaced by this map.
 
         Returns x, the cross-attention weights (B, H, T, L) and the self-attention keys/values.
         """
@@ -63,6 +64,8 @@ class Block(nn.Module):
         x = x + self.drop(self.self_out(self.merge(y)))
         cq = self.split(self.cross_q(self.ln2(x)))                                # (B, H, T, dh)
         w = torch.softmax(cq @ ck.transpose(-1, -2) / cq.size(-1) ** 0.5, dim=-1)  # (B, H, T, L)
+        if force is not None:
+            w = force[:, None, None, :].to(w.dtype).expand_as(w)  # (B, L) → (B, H, T, L)
         x = x + self.drop(self.cross_out(self.merge(w @ cv)))
         x = x + self.drop(self.mlp(self.ln3(x)))
         return x, w, k, v
@@ -110,21 +113,23 @@ class TransformerDecoder(Decoder):
         empty = memory["ck"].new_zeros(B, n, H, 0, dh)
         return empty, empty  # self-attention key / value caches (B, layers, H, t, dh)
 
-    def _run(self, x, memory, cache: State | None):
+    def _run(self, x, memory, cache: State | None, force=None):
         ks, vs, ws = [], [], []
         for i, blk in enumerate(self.blocks):
             past = (cache[0][:, i], cache[1][:, i]) if cache is not None else (None, None)
-            x, w, k, v = blk(x, memory["ck"][:, i], memory["cv"][:, i], *past)
+            x, w, k, v = blk(x, memory["ck"][:, i], memory["cv"][:, i], *past, force=force)
             ks.append(k)
             vs.append(v)
             ws.append(w)
         alphas = torch.stack(ws, 1).mean(dim=(1, 2))  # (B, layers, H, T, L) → (B, T, L)
         return self.drop(self.norm(x)), alphas, (torch.stack(ks, 1), torch.stack(vs, 1))
 
-    def step(self, tokens, state, memory):
+    def step(self, tokens, state, memory, force=None):
+        # NOTE: forcing replaces the cross-attention weights of every head in every layer for this
+        # word, so the reported map (their mean) is exactly `force`
         t = state[0].size(3)
         x = self.drop(self.embed(tokens) + self.pos.weight[t]).unsqueeze(1)  # (B, 1, C)
-        y, alphas, state = self._run(x, memory, state)
+        y, alphas, state = self._run(x, memory, state, force)
         return self.out(y[:, 0]), alphas[:, 0], state
 
     def forward(self, feats, inputs, mask=None):

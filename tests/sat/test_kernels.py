@@ -33,6 +33,11 @@ def loss_and_grads(model: CaptionModel, forward=None, seed: int = 1):
 @pytest.mark.parametrize("kind", [dict(), dict(attention="hard"), dict(decoder="gru"), dict(attention="dot")])
 def test_kernel_and_plain_paths_give_the_same_loss_and_gradients(kind):
     model = make(**kind).train()
+    if kind.get("attention") == "hard":
+        # NOTE: the packed path samples locations for the captions still running, in length order;
+        # the plain path for every row in batch order: other draws. The expected-context batch (half
+        # of hard attention's batches) is deterministic and compares exactly.
+        model.decoder.attention.begin_batch = lambda: setattr(model.decoder.attention, "expected", True)
     with cpu_kernels("on"):
         on = loss_and_grads(model)
     with cpu_kernels("off"):
@@ -86,3 +91,27 @@ def test_compiled_loss_and_gradients_equal_eager():
     assert compiled[1]["tokens"] == eager[1]["tokens"] == 10
     for name, g in eager[2].items():
         assert torch.allclose(g, compiled[2][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_hard_attention_samples_on_both_paths():
+    model = make(attention="hard").train()
+    model.decoder.attention.begin_batch = lambda: setattr(model.decoder.attention, "expected", False)
+    for mode in ("on", "off"):
+        with cpu_kernels(mode):
+            loss, stats, grads = loss_and_grads(model)
+        assert torch.isfinite(loss) and stats["advantage"] > 0 and "reward" in stats, mode
+        assert grads["decoder.attention.score.weight"].abs().sum() > 0, mode
+
+
+def test_the_plain_path_makes_every_position_and_reads_nothing_on_the_host():
+    model = make().train()
+    fmap = torch.randn(3, 8, 2, 3)
+    inputs, targets = CAPS[:, :-1], CAPS[:, 1:]
+    mask = targets != 0
+    with cpu_kernels("off"):
+        logits, alphas, _ = model.decoder(model.annotations(fmap), inputs, mask)
+    with cpu_kernels("on"):
+        packed, alphas_p, _ = model.decoder(model.annotations(fmap), inputs, mask)
+    assert logits.shape == (3, 5, 11) and packed.shape == (int(mask.sum()), 11)
+    assert torch.allclose(logits[mask], packed, atol=1e-6) and torch.allclose(alphas, alphas_p, atol=1e-6)
+    assert (alphas[~mask] == 0).all()

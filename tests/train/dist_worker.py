@@ -1,7 +1,7 @@
 """One rank of the data-parallel tests, launched by `python -m torch.distributed.run` (or plainly,
 as a single process: the same code path with world size 1).
 
-    python tests/train/dist_worker.py fit OUT_DIR [--attention soft] [--batch-size 9]
+    python tests/train/dist_worker.py fit OUT_DIR [--attention soft] [--batch-size 9] [--compile] [--epochs 3]
     python tests/train/dist_worker.py features OUT_DIR IMAGES_DIR CACHE_DIR
 
 Rank 0 saves what it ended with (weights + history, or the cache's maps + failed ids) to
@@ -41,13 +41,13 @@ def toy_data(n_images: int = 20) -> CaptionData:
     return CaptionData(maps=maps.half(), rows=torch.tensor(rows), captions=torch.tensor(caps))
 
 
-def run_fit(out: Path, attention: str, batch_size: int) -> None:
+def run_fit(out: Path, attention: str, batch_size: int, compile: bool = False, epochs: int = 3) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(encoder="test-tiny", encoder_dim=8, grid=(2, 2), vocab_size=10, embed_dim=8,
                       attention_dim=8, decoder_dim=16, dropout=0.0, attention=attention)
     model = CaptionModel(cfg)
     scores = iter([0.1, 0.3, 0.2, 0.4])
-    tc = TrainConfig(epochs=3, batch_size=batch_size, lr=1e-2, early_stop=0, seed=3)
+    tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=1e-2, early_stop=0, seed=3, compile=compile)
     hist = fit(model, data=toy_data(), validate=lambda m: next(scores), out_dir=out / "run", config=tc,
                progress=False)
     ctx = D.current()
@@ -76,13 +76,15 @@ def main() -> None:
     p.add_argument("extra", nargs="*", type=Path)
     p.add_argument("--attention", default="soft")
     p.add_argument("--batch-size", type=int, default=9)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--epochs", type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(1)
     D.init("cpu")
     try:
         a.out.mkdir(parents=True, exist_ok=True)
         if a.what == "fit":
-            run_fit(a.out, a.attention, a.batch_size)
+            run_fit(a.out, a.attention, a.batch_size, a.compile, a.epochs)
         else:
             run_features(a.out, *a.extra)
     finally:

@@ -42,6 +42,9 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
         for r in rows:
             assert {"bleu4", "meteor", "rouge_l", "cider", "params", "train_seconds"} <= set(r), r["name"]
             assert ("grounding" in r) == (r["name"] not in NO_MODEL)
+            if "grounding" in r:  # causal grounding next to pointing (train/steering.py)
+                assert r["grounding"]["steer_chance"] == pytest.approx(1 / 6, abs=1e-4)
+                assert r["grounding"]["steer_trials"] >= 0 and "steer_success" in r["grounding"]
         params = {r["name"]: r["params"] for r in rows}
         assert params["uniform"] < params["soft"] and params["word_frequency"] == 0
         by = {r["name"]: r for r in rows}
@@ -51,6 +54,7 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
         hard_tc = json.loads((runs / "hard" / "weights" / "train_config.json").read_text())
         assert hard_tc["init_from"].endswith("soft/weights") and hard_tc["epochs"] == 1
         table = (tmp_path / "out" / "results.md").read_text()
+        assert "| pointing | chance | steer | params |" in table and "Steer: share of object words" in table
         assert all(f"| {name} |" in table for name in params if not by[name].get("init_from"))
         assert "| soft + SCST (from soft) |" in table and "| hard + SCST (from hard) |" in table
         assert json.loads((runs / "soft_scst" / "weights" / "train_config.json").read_text())["scst"] is True

@@ -75,3 +75,21 @@ def test_wrong_data_root_exits_2_with_the_layout(name: str, looked_for: str, tmp
     assert code == 2
     assert f"error: {looked_for}" in err
     assert f"in {tmp_path}" in err and "found: holiday-photos/, readme.txt" in err
+
+
+@pytest.mark.slow
+def test_extract_only_fills_the_cache_and_trains_nothing(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "flickr8k"
+    write_flickr8k(root, n=10)
+    out = tmp_path / "weights"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = train_main(["fit", "--out", str(out), "--run-dir", str(tmp_path / "run"), "--extract-only", *TINY,
+                           *_common("flickr8k", root, tmp_path)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (folder / "features.f16").stat().st_size == 10 * 16 * 2 * 2 * 2  # N × C × h × w × 2 bytes
+    assert meta["shape"] == [10, 16, 2, 2] and f"features: 10 images × 16×2×2 float16 = 0.00 GB in {folder}" in stdout
+    assert "training soft" not in stdout and not out.exists() and not (tmp_path / "run").exists()

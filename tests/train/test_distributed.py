@@ -20,7 +20,7 @@ from train.loop import TrainConfig
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def launch(nproc: int, *args: str) -> None:
+def launch(nproc: int, *args: str, timeout: int = 120) -> None:
     """The worker as `torchrun --standalone --nproc_per_node=nproc` (or one plain process)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -29,7 +29,7 @@ def launch(nproc: int, *args: str) -> None:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(WORKER), *args]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
@@ -88,9 +88,15 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_train_like_one_process(tmp_path):
-    launch(1, "fit", str(tmp_path / "one"))
-    launch(2, "fit", str(tmp_path / "two"))
+@pytest.mark.parametrize("extra", [[], ["--batch-size", "13"], ["--compile", "--epochs", "1"]],
+                         ids=["ddp", "empty-rank", "compiled"])
+def test_two_gloo_ranks_train_like_one_process(tmp_path, extra):
+    """DDP (gloo) with 2 ranks equals one process with the same global batch. `--batch-size 13`:
+    the last global batch of 40 pairs has one row, so rank 1 has none in that step; `--compile`:
+    torch.compile of the DDP-wrapped model on both sides."""
+    timeout = 600 if "--compile" in extra else 120  # NOTE: inductor compiles C++ on each rank first
+    launch(1, "fit", str(tmp_path / "one"), *extra, timeout=timeout)
+    launch(2, "fit", str(tmp_path / "two"), *extra, timeout=timeout)
     one = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "result.pt", weights_only=True)
     assert (one["world"], two["world"]) == (1, 2)

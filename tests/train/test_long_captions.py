@@ -17,7 +17,8 @@ def test_caption_data_leaves_out_captions_over_max_len(tmp_path):
     caps = {"a": [("a", "red", "star"), ("a", "red", "star", "left", "of", "a", "blue", "circle")],
             "b": [("a", "blue", "circle")]}
     records = [ImageRecord(k, tmp_path / f"{k}.png", "train", tuple(v), tuple(" ".join(c) for c in v)) for k, v in caps.items()]
-    cache = FeatureCache(tmp_path, ["a", "b"], np.zeros((2, 4, 2, 2), dtype=np.float16), {})
+    maps = np.memmap(tmp_path / "features.f16", dtype=np.float16, mode="w+", shape=(2, 4, 2, 2))  # as open_cache gives
+    cache = FeatureCache(tmp_path, ["a", "b"], maps, {})
     vocab = Vocab.build([c for v in caps.values() for c in v], min_freq=1, max_len=4)
     data = caption_data(records, cache, vocab)
     assert len(data) == 2 and data.rows.tolist() == [0, 1]  # the 8-word caption is gone, not cut

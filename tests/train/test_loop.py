@@ -116,7 +116,8 @@ def test_fit_compiled_trains_as_eager(tmp_path):
     # NOTE: Adam normalises each gradient: the attention score's bias (gradient ≈ 0, softmax is shift-
     # invariant) moves by lr × rounding noise / |noise|; 3 steps at lr 1e-2 move weights by ~3e-2
     for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-3), k
+        if k != "decoder.attention.score.bias":  # NOTE: its gradient is pure rounding noise (see above)
+            assert torch.allclose(a, b, atol=1e-3), k
 
 
 def test_cpu_kernels_setting_is_checked():
