@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PARTS = ("matmul", "train", "beam", "latency", "encoder", "memory", "extract")
+PARTS = ("matmul", "train", "beam", "latency", "encoder", "memory", "extract", "coco")
 
 # NOTE: always present in results.json (null when that part was not run), so readers need no guards.
 KEYS = ("train_speedup_vs_reference", "beam5_speedup_vs_per_image", "latency_ms_p50", "latency_ms_p95",
         "encoder_images_per_s", "matmul_gflops", "train_gflops", "peak_rss_mb_train", "peak_rss_mb_app",
-        "extract_vs_encoder", "machine", "commands")
+        "extract_vs_encoder", "peak_rss_mb_train_coco_scale", "train_streamed_vs_ram", "machine", "commands")
 
 TARGETS = {  # key: (comparison, threshold) from the issue
     "train_speedup_vs_reference": (">=", 5.0),

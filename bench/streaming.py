@@ -109,12 +109,9 @@ def train_child(argv: list[str] | None = None) -> dict[str, Any]:
     n = len(cache.ids)
     train_rows = np.arange(n - HELD_OUT if n > 2 * HELD_OUT else n)
     t0 = time.perf_counter()
+    maps: Any = loop.FeatureRows(cache.maps, train_rows)  # (N, C, h, w) read on demand from the file
     if a.mode == "ram":
-        maps: Any = cache.tensor(train_rows)  # what caption_data did: the split in RAM, float16
-    else:
-        if not hasattr(loop, "FeatureRows"):
-            raise SystemExit("error: --mode stream needs train.loop.FeatureRows (the streaming training loader)")
-        maps = loop.FeatureRows(cache.maps, train_rows)
+        maps = maps.in_ram()  # what training did before streaming: the split copied into RAM
     load_s = time.perf_counter() - t0
     vocab = 60 if a.quick else VOCAB
     rows, caps = synthetic_captions(len(train_rows), vocab=vocab)
@@ -124,10 +121,8 @@ def train_child(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = cfg.replace(embed_dim=512, attention_dim=512, decoder_dim=512)
     else:
         cfg = cfg.replace(embed_dim=16, attention_dim=16, decoder_dim=16)
-    settings = {"epochs": 1, "max_steps": a.steps, "batch_size": a.batch, "captions_per_image": 0}
-    if "workers" in {f.name for f in dataclasses.fields(loop.TrainConfig)}:
-        settings["workers"] = a.workers
-    tc = dataclasses.replace(DEFAULT_TRAIN, **settings)
+    tc = dataclasses.replace(DEFAULT_TRAIN, epochs=1, max_steps=a.steps, batch_size=a.batch, captions_per_image=0,
+                             workers=a.workers)
     torch.manual_seed(0)
     model = CaptionModel(cfg)
     with tempfile.TemporaryDirectory(prefix="sat-bench-coco-run-") as tmp:
@@ -138,7 +133,7 @@ def train_child(argv: list[str] | None = None) -> dict[str, Any]:
     out = {"mode": a.mode, "peak_rss_mb": round(own_peak_rss_mb(), 1),
            "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
            "tokens_per_s": round(steps * a.batch * (CAPTION_WORDS + 1) / secs, 1), "train_seconds": secs,
-           "steps": steps, "batch": a.batch, "workers": settings.get("workers", 0), "load_seconds": round(load_s, 1),
+           "steps": steps, "batch": a.batch, "workers": a.workers, "load_seconds": round(load_s, 1),
            "images": int(len(train_rows)), "pairs": int(len(rows)), "cache_gb": round(cache.maps.nbytes / 2**30, 2)}
     print(json.dumps(out), flush=True)
     return out

@@ -45,15 +45,34 @@ def test_synthetic_captions_have_a_known_token_count():
     assert ((caps[:, 1:-1] >= 4) & (caps[:, 1:-1] < 30)).all()  # words only: no pad/start/end/unk
 
 
-def test_a_training_child_in_ram_reports_its_figures(tmp_path, capsys):
+@pytest.mark.parametrize("mode, workers", [("ram", 0), ("stream", 2)])
+def test_a_training_child_reports_its_figures(tmp_path, capsys, mode, workers):
     S.write_synthetic_cache(tmp_path / "c", images=30, map_shape=(8, 2, 2), progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = S.train_child(["--coco-dir", str(tmp_path / "c"), "--mode", "ram", "--steps", "3", "--batch", "4",
-                             "--quick"])
+        out = S.train_child(["--coco-dir", str(tmp_path / "c"), "--mode", mode, "--steps", "3", "--batch", "4",
+                             "--workers", str(workers), "--quick"])
     finally:
         torch.set_num_threads(threads)
     assert out["steps"] == 3 and out["images"] == 30 and out["pairs"] == 150 and out["tokens_per_s"] > 0
-    assert out["peak_rss_mb"] > 50
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"mode": "ram"')
+    assert out["peak_rss_mb"] > 50 and out["workers"] == workers
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f'{{"mode": "{mode}"')
+
+
+def test_the_stream_child_never_copies_the_split(tmp_path, monkeypatch):
+    from train import loop
+    S.write_synthetic_cache(tmp_path / "c", images=30, map_shape=(8, 2, 2), progress=False)
+    seen = {}
+    real_fit = loop.fit
+    monkeypatch.setattr(loop.FeatureRows, "in_ram", lambda self: pytest.fail("stream mode copied the split"))
+    monkeypatch.setattr(loop, "fit", lambda model, data, **kw: seen.update(maps=data.maps) or real_fit(
+        model, data=data, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        S.train_child(["--coco-dir", str(tmp_path / "c"), "--mode", "stream", "--steps", "2", "--batch", "4",
+                       "--workers", "0", "--quick"])
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(seen["maps"], loop.FeatureRows) and seen["maps"].shape == (30, 8, 2, 2)
