@@ -197,3 +197,17 @@ def test_data_config_extract_workers_reach_the_extraction(tmp_path, monkeypatch,
                           pipeline.DataConfig(cache_dir=str(tmp_path), extract_workers=setting),
                           device=torch.device("cpu"), encoder=create_encoder("test-tiny"))
     assert seen["workers"] == passed
+
+
+def test_batches_are_pinned_for_cuda_only_and_pinning_keeps_the_batch(tmp_path, monkeypatch):
+    from torch.utils.data._utils.pin_memory import pin_memory
+    paths = make_images(tmp_path / "imgs", 3, broken={1})
+    pp = {"image_size": 64, "resize": "crop"}
+    assert F.image_loader(paths, pp, batch_size=2, workers=0, device=torch.device("cuda")).pin_memory is True
+    assert F.image_loader(paths, pp, batch_size=2, workers=0, device=torch.device("cpu")).pin_memory is False
+    # what the DataLoader's pinning thread does to a batch (pinning itself needs CUDA: marked instead)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t.clone().fill_(7.0))
+    x, ok, errors = next(iter(F.image_loader(paths, pp, batch_size=3, workers=0, device=torch.device("cpu"))))
+    px, pok, perrors = pin_memory((x, ok, errors))
+    assert (px == 7).all() and px.shape == (2, 3, 64, 64) and pok == ok == [0, 2]
+    assert perrors == errors and list(errors) == [1] and "img1.png" in errors[1]
