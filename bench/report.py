@@ -77,7 +77,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{_fmt(g('extract_device'))}; decoding in the main process: {_fmt(g('extract_images_per_s_workers0'))}; "
          f"load average {_fmt(g('extract_loadavg_1min_before'))} → {_fmt(g('extract_loadavg_1min_after'))}", ""),
         ("… vs the encoder alone on decoded images", _fmt(g("extract_vs_encoder"), "×"),
-         f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s; "
+         f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s (best of rounds; "
+         f"rounds {_rounds(g('extract_rounds_images_per_s'))} vs {_rounds(g('extract_rounds_encoder_only_images_per_s'))}); "
          f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s",
          _target("extract_vs_encoder", g("extract_vs_encoder"))),
         ("Peak RSS per process, training on a COCO-sized cache, streamed (MB)", _fmt(g("peak_rss_mb_train_coco_scale")),
@@ -91,6 +92,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          _target("train_streamed_vs_ram", g("train_streamed_vs_ram"))),
     ]
     return out
+
+
+def _rounds(v: Any) -> str:
+    return "/".join(f"{x:g}" for x in v) if v else "not run"
 
 
 def _mflop(v: Any) -> float | None:
