@@ -154,9 +154,10 @@ def image_loader(paths: Sequence[str | Path], preprocessing: dict[str, Any], *, 
                  workers: int, device: torch.device) -> DataLoader:
     """Batches of `collate_images`, in order, decoded by `workers` processes ahead of the encoder.
 
-    NOTE: decoding (JPEG, resize) costs about as much CPU as the encoder on small backbones; in worker
-    processes it overlaps the encoder instead of adding to it (a thread would hold the GIL in PIL's
-    Python parts). Order is kept (no shuffle, in-order delivery), so the cache does not depend on it."""
+    NOTE: decoding + preprocessing a 640×480 JPEG costs about a quarter of Lite0's CPU time per image
+    here, and on a GPU more than the encoder (bench/extraction.py); processes (not the one thread used
+    before) scale with the cores and keep the Python glue off the main process's GIL. Order is kept
+    (no shuffle, in-order delivery), so the cache does not depend on the number of workers."""
     return DataLoader(ImageFiles(paths, preprocessing), batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate_images, pin_memory=device.type == "cuda",
                       prefetch_factor=2 if workers else None)
