@@ -22,7 +22,9 @@ from .device import resolve_device
 from .hub import resolve_weights
 from .encoder import Encoder, create_encoder
 from .image import load_image, preprocess
+from .labels import ImageNetHead, imagenet_head
 from .model import CaptionModel
+from .ood import OODError, OODResult, OODStats, check_images, load_stats
 from .search import MAX_BEAM_SIZE, Hypothesis, check_options, decode
 from .steer import steer_hypothesis
 from .vocab import END, Vocab
@@ -45,6 +47,10 @@ class Caption:
     """The search's ranking score: logprob / ((5 + T) / 6)^length_penalty (== logprob by default)."""
     truncated: bool = False
     """Cut at max_len words: the model would have gone on, so `tokens` has no "<end>"."""
+    ood: OODResult | None = None
+    """Is the image unlike the training images? None when the weights have no statistics (`sat.ood`)."""
+    encoder_top3: list[tuple[str, float]] | None = None
+    """The backbone's ImageNet top-3 (label, probability), where it has a classifier (`sat.labels`)."""
     text: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,7 +59,12 @@ class Caption:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "words": self.words, "tokens": self.tokens,
                 "token_probs": self.token_probs, "logprob": self.logprob, "score": self.score,
-                "truncated": self.truncated, "attention": self.attention.round(5).tolist()}
+                "truncated": self.truncated, "attention": self.attention.round(5).tolist(),
+                "ood": None if self.ood is None else self.ood.flagged,
+                "ood_distance": None if self.ood is None else self.ood.distance,
+                "ood_threshold": None if self.ood is None else self.ood.threshold,
+                "encoder_top3": None if self.encoder_top3 is None else
+                [{"label": k, "p": p} for k, p in self.encoder_top3]}
 
 
 class Captioner:
@@ -61,8 +72,13 @@ class Captioner:
 
     def __init__(self, *, encoder: Encoder, model: CaptionModel, vocab: Vocab,
                  metrics: dict[str, Any] | None = None, card: str = "", source: str = "",
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, ood: OODStats | None = None, ood_error: str = "",
+                 head: ImageNetHead | None = None):
         self.device = resolve_device(device)
+        self.ood = ood.to(self.device) if ood is not None else None
+        self.ood_error = ood_error
+        """Why there is no OOD check (missing or invalid statistics), for the UI and the log."""
+        self.head = head.to(self.device) if head is not None else None
         self.encoder = encoder.to(self.device).eval()
         self.model = model.to(self.device).eval()
         self.vocab = vocab
@@ -91,8 +107,15 @@ class Captioner:
         load_into(model, tensors, source=str(path))
         card_path = Path(path) / CARD_FILE
         card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+        # NOTE: bad OOD statistics cost the check, not the model: the reason is kept and shown
+        ood, ood_error = None, ""
+        try:
+            ood = load_stats(path, dim=_trunk_dim(encoder, config))
+        except OODError as e:
+            ood_error = str(e)
         return cls(encoder=encoder, model=model, vocab=vocab, metrics=metrics, card=card,
-                   source=str(spec), device=device)
+                   source=str(spec), device=device, ood=ood, ood_error=ood_error,
+                   head=imagenet_head(config.encoder, trunk_blocks=len(encoder.trunk), device=str(device)))
 
     def pixels(self, images: Sequence[Any]) -> torch.Tensor:
         """Images (PIL / path / bytes) → (B, 3, S, S) normalised tensor. Raises ImageError."""
@@ -109,9 +132,20 @@ class Captioner:
             return []
         x = self.pixels(images).to(self.device)
         fmap = self.encoder.encode_trunk(x)  # (B, C, h, w)
-        return self.caption_features(fmap, mode=mode, beam_size=beam_size, max_len=max_len,
+        caps = self.caption_features(fmap, mode=mode, beam_size=beam_size, max_len=max_len,
                                      temperature=temperature, length_penalty=length_penalty,
                                      no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)
+        self._inspect(fmap, caps)
+        return caps
+
+    def _inspect(self, fmap: torch.Tensor, caps: list[Caption]) -> None:
+        """Attach the OOD check and the encoder's ImageNet top-3 to each caption (from the same map)."""
+        ood = check_images(self.ood, fmap, dataset=str(self.metrics.get("dataset", ""))) \
+            if self.ood is not None else None
+        top3 = self.head.top_k(fmap, 3) if self.head is not None else None
+        for i, cap in enumerate(caps):
+            cap.ood = ood[i] if ood else None
+            cap.encoder_top3 = top3[i] if top3 else None
 
     @torch.inference_mode()
     def caption_features(self, fmap: torch.Tensor, *, mode: str = "beam", beam_size: int = 3,
@@ -165,3 +199,12 @@ class Captioner:
         with torch.inference_mode():
             fmap = self.encoder.encode_trunk(x)  # (1, C, h, w)
         return self.caption_features(fmap, force=force, **kwargs)[0]
+
+
+def _trunk_dim(encoder: Encoder, config: ModelConfig) -> int:
+    """Channels of the trunk map (what the OOD statistics are of): D unless a tail is fine-tuned."""
+    if not config.finetune_blocks:
+        return config.encoder_dim
+    with torch.inference_mode():
+        x = torch.zeros(1, 3, config.image_size, config.image_size, device=next(encoder.parameters()).device)
+        return int(encoder.encode_trunk(x).shape[1])

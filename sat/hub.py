@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .ood import INFO_FILE as OOD_INFO_FILE, STATS_FILE as OOD_STATS_FILE
 from .weights import CARD_FILE, CONFIG_FILE, METRICS_FILE, VOCAB_FILE, WEIGHTS_FILE, WeightsError, read_weights
 
 HF_SCHEME = "hf://"
-WEIGHTS_FILES = [WEIGHTS_FILE, CONFIG_FILE, VOCAB_FILE, METRICS_FILE, CARD_FILE]
+WEIGHTS_FILES = [WEIGHTS_FILE, CONFIG_FILE, VOCAB_FILE, METRICS_FILE, CARD_FILE, OOD_STATS_FILE, OOD_INFO_FILE]
 """The files of a weights folder (sat/weights.py); nothing else is downloaded or uploaded."""
 # NOTE: the Hub's own rule for repo names: letters, digits, '-', '_', '.'; no '--' or '..'; ≤ 96 chars.
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"

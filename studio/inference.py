@@ -194,6 +194,10 @@ class ModelOutput:
     crop_pct: float = 1.0
     hard: bool = False
     """Hard attention: at test time the decoder reads the one cell argmax α_t (the app outlines it)."""
+    dataset: str = ""
+    """What the weights were trained on (`trained_on`), for the out-of-distribution notice."""
+    ood_error: str = ""
+    """Why these weights have no out-of-distribution check ("" when they have one)."""
 
 
 @dataclass
@@ -212,11 +216,14 @@ class StudioResult:
 
     def to_json(self) -> dict[str, Any]:
         """The API's answer: per model words, tokens, probabilities, score, truncated (cut at max
-        length) and (T, h, w) attention."""
+        length), (T, h, w) attention, "ood" (true/false: unlike the training images; null and an
+        "ood_error" when the weights have no statistics) and "encoder_top3" (ImageNet labels or null)."""
         models: dict[str, Any] = {}
         for name, out in self.outputs.items():
             models[name] = {**out.caption.to_dict(), "grid": list(out.caption.attention.shape[1:]),
                             "weights": out.source}
+            if out.ood_error:
+                models[name]["ood_error"] = out.ood_error
         for name, err in self.errors.items():
             models[name] = {"error": err}
         return {"image": {"width": self.size[0], "height": self.size[1]}, **models}
@@ -263,7 +270,8 @@ def caption_upload(slots: list[ModelSlot], source: str | Path | bytes | Image.Im
             result.errors[slot.name] = f"captioning failed: {type(e).__name__}: {e}"
             continue
         result.outputs[slot.name] = ModelOutput(out, cap.config.resize, cap.config.image_size, slot.spec,
-                                                cap.config.crop_pct, hard=cap.config.attention == "hard")
+                                                cap.config.crop_pct, hard=cap.config.attention == "hard",
+                                                dataset=trained_on(cap), ood_error=cap.ood_error)
     return result
 
 

@@ -40,6 +40,7 @@ from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, Studi
                         caption_upload, describe_slot, load_slot, log, render_overlay, safe_caption,
                         write_grid)
 from .steering import display_to_image, steer_html, steer_upload
+from .notices import notices_html
 
 NAMES = ("soft", "hard")
 CSS = """
@@ -124,7 +125,8 @@ def _example_paths(folder: Path = EXAMPLES) -> list[str]:
 def caption_chips(result: StudioResult | None, name: str, index: int) -> str:
     """The caption as clickable word chips (``data-i``: the token's index), the token at ``index``
     (0-based) highlighted, then a "Copy" button for the sentence; a caption cut at the max length is
-    followed by "(cut at N words)"."""
+    followed by "(cut at N words)". Above it: the out-of-distribution notice and "the encoder sees"
+    (`studio.notices`)."""
     if result is None or name not in result.outputs:
         return '<div class="sat-caption"></div>'
     cap = result.outputs[name].caption
@@ -136,7 +138,8 @@ def caption_chips(result: StudioResult | None, name: str, index: int) -> str:
         chips.append(f'<span class="sat-cut">(cut at {len(cap.words)} words)</span>')
     text = html.escape(cap.text)
     chips.append(f'<button class="sat-copy" data-copy="{text}" title="Copy the caption">Copy</button>')
-    return f'<div class="sat-caption" data-caption="{text}">{"".join(chips)}</div>'
+    # NOTE: the OOD notice and the encoder's labels ride with the chips: redrawn with them, no new component
+    return notices_html(result, name) + f'<div class="sat-caption" data-caption="{text}">{"".join(chips)}</div>'
 
 
 def word_info(result: StudioResult | None, name: str, index: int) -> str:

@@ -10,6 +10,9 @@ writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + 
 `fit --scst --init-from DIR` fine-tunes a trained model by self-critical sequence training on CIDEr-D
 (train/scst.py; --scst-samples, --scst-baseline mean|greedy, --scst-reward cider|bleu4, --scst-entropy).
 
+`ood-stats --weights DIR` adds out-of-distribution statistics (sat/ood.py) to an existing weights folder
+from the data it was trained on (fit writes them itself).
+
 `fit --config FILE` / `--preset NAME` read settings from a file / a preset (flags override both; see
 train/config_file.py and train/presets.py); every fit writes its resolved settings as run_config.yaml.
 """
@@ -148,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     score_p.add_argument("--json", type=Path, default=None, help="write the metrics here")
 
     sc = sub.add_parser("scenes", help="only generate the scenes dataset")
-    for p in (fit_p, ev, cmp_p, sc):
+    ood_p = sub.add_parser("ood-stats", help="add out-of-distribution statistics (sat/ood.py) to an existing "
+                                             "weights folder, from the data it was trained on")
+    ood_p.add_argument("--weights", required=True, type=Path, help="the weights folder (a local path)")
+    for p in (fit_p, ev, cmp_p, sc, ood_p):
         _add_dataclass_flags(p, DataConfig, DataConfig())
         p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -208,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             run_score(dataset=args.dataset, data_root=args.data_root or None, captions=args.captions,
                       split=args.split, annotations=args.annotations or None, seed=args.data_seed,
                       json_out=args.json)
+        elif args.cmd == "ood-stats":
+            from train.ood_stats import run_ood_stats
+            run_ood_stats(args.weights, _pick(DataConfig, args), device=args.device, progress=not args.no_progress)
         elif args.cmd == "scenes":
             from train.pipeline import load_records
             records, root = load_records(_pick(DataConfig, args), progress=not args.no_progress)

@@ -31,6 +31,7 @@ from train.card import model_card
 from train.batches import CaptionData, FeatureRows
 from train.loop import TrainConfig, fit
 from train.metrics import CaptionScorer
+from train.ood_stats import write_ood_stats
 from train.variants import VARIANTS, WARM_STARTS, resolve_init, variant_train_config, warm_start
 
 
@@ -310,6 +311,10 @@ def ship(out: Path, t: Trained, prep: Prepared, *, command: str) -> None:
                       seconds=t.seconds, command=command, counts=prep.counts)
     save_run(out, t.model, prep.vocab, t.metrics, card)
     write_json(out / TRAIN_CONFIG_FILE, asdict(t.tc), indent=2)
+    try:
+        write_ood_stats(out, prep.records, prep.cache, dataset=prep.dc.dataset, progress=False)
+    except ValueError as e:  # NOTE: e.g. a dataset without a test split: the app then says "no check"
+        print(f"no OOD statistics for {out}: {e}")
 
 
 def run_fit(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, out: Path, run_dir: Path | None = None,

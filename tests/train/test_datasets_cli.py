@@ -50,6 +50,8 @@ def test_fit_on_each_layout(name: str, tmp_path: Path, capsys) -> None:
     assert metrics["dataset"] == name and metrics["n_images"] >= 1
     if name != "flickr8k":
         return
+    ood = json.loads((out / "ood.json").read_text())  # shipped with its OOD statistics (train/ood_stats.py)
+    assert ood["dataset"] == name and ood["n_train"] == 6 and ood["n_test"] == 2
     report = tmp_path / "eval.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
