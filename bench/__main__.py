@@ -1,8 +1,8 @@
 """`python -m bench [--quick] [--only train,beam,...] [--out-dir bench]`: measure, then write
 `results.json` (every figure, the machine, the commands) and `results.md` (the README's table).
 
-Parts (all by default): matmul, train, beam, latency, encoder, memory, extract, coco
-(coco writes a 5.4 GB synthetic feature cache; --coco-dir keeps it for the next run). Each figure is tied to the
+Parts (all by default): matmul, train, engine, beam, latency, encoder, memory, extract, coco (engine:
+bench/engine.py; coco writes a 5.4 GB synthetic feature cache, --coco-dir keeps it for the next run). Each figure is tied to the
 machine it ran on and the command that produced it; `--merge` keeps the figures of parts not run
 this time from an existing results.json (each part records its own machine and command).
 `--quick` runs every part at tiny sizes in well under a minute: a check that the code works, not a
@@ -62,6 +62,11 @@ def run_part(part: str, a: argparse.Namespace, res: dict[str, Any]) -> dict[str,
                                                                    sizes=[(320, 240), (640, 480)])
             out["encoder_bf16_same_captions"] = bf16_caption_agreement(cap, images)
         return out
+    if part == "engine":
+        from .engine import bench_engine
+        from .training import QUICK, TrainShape
+        shape = QUICK if a.quick else TrainShape(batch=a.batch, vocab=a.vocab, steps=a.train_steps)
+        return bench_engine(shape, device=torch.device("cpu"), compile=a.compile_engine)
     if part == "memory":
         args = ["-m", "bench.training", "--n-images", "64" if a.quick else "8000",
                 "--steps", "2" if a.quick else "20", *(["--quick"] if a.quick else [])]
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coco-steps", type=int, default=30, help="training steps per mode on the COCO-sized cache")
     p.add_argument("--coco-workers", type=int, default=2, help="DataLoader workers of the COCO-sized training")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile encoder variant")
+    p.add_argument("--compile-engine", action="store_true",
+                   help="engine part: also compile the training step (minutes of compilation on a CPU)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads here and in the child processes (default: torch's; --quick: 1)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -4,15 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PARTS = ("matmul", "train", "beam", "latency", "encoder", "memory", "extract", "coco")
+PARTS = ("matmul", "train", "engine", "beam", "latency", "encoder", "memory", "extract", "coco")
 
 # NOTE: always present in results.json (null when that part was not run), so readers need no guards.
 KEYS = ("train_speedup_vs_reference", "beam5_speedup_vs_per_image", "latency_ms_p50", "latency_ms_p95",
         "encoder_images_per_s", "matmul_gflops", "train_gflops", "peak_rss_mb_train", "peak_rss_mb_app",
-        "extract_vs_encoder", "peak_rss_mb_train_coco_scale", "train_streamed_vs_ram", "machine", "commands")
+        "train_host_syncs_per_step", "train_ops_per_step", "extract_vs_encoder", "peak_rss_mb_train_coco_scale",
+        "train_streamed_vs_ram", "machine", "commands")
 
 TARGETS = {  # key: (comparison, threshold) from the issue
     "train_speedup_vs_reference": (">=", 5.0),
+    "train_host_syncs_per_step": ("<=", 1),
     "beam5_speedup_vs_per_image": (">=", 10.0),
     "latency_ms_p50": ("<=", 150.0),
     "encoder_images_per_s": (">=", 30.0),
@@ -54,6 +56,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{_fmt(g('train_speedup_vs_reference_bf16'), '×')} the fp32 tutorial-style loop", ""),
         ("Training FLOP rate (GFLOP/s)", _fmt(g("train_gflops")),
          f"matmul peak {_fmt(g('matmul_gflops'))} GFLOP/s → {_fmt(_pct(g('train_fraction_of_matmul')), ' %')}", ""),
+        ("Host syncs per training step (plain/CUDA path)", _fmt(g("train_host_syncs_per_step")),
+         f"CPU-kernels path: {_fmt(_path(g, 'kernels', 'syncs'))} (a CPU has no device to stall)",
+         _target("train_host_syncs_per_step", g("train_host_syncs_per_step"))),
+        ("Operator calls per training step", _fmt(g("train_ops_per_step")),
+         f"CPU-kernels path {_fmt(_path(g, 'kernels', 'ops'))}; `--compile`: "
+         f"{_fmt(g('train_ops_per_step_compiled'))} (operators + generated kernels)", ""),
         ("Beam 5, batched (images/s)", _fmt(g("beam5_images_per_s")),
          f"one image at a time, the tutorial's way: {_fmt(g('beam5_images_per_s_per_image'))}; "
          f"our search with B=1: {_fmt(g('beam5_images_per_s_ours_b1'))}", ""),
@@ -96,6 +104,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def _rounds(v: Any) -> str:
     return "/".join(f"{x:g}" for x in v) if v else "not run"
+
+
+def _path(g, path: str, key: str) -> Any:
+    return ((g("engine_paths") or {}).get(path) or {}).get(key)
 
 
 def _mflop(v: Any) -> float | None:

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="never repeat an N-word sequence within a caption; 0 = off (default)")
     p.add_argument("--json", action="store_true", help="one JSON object per image (with attention maps)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder step (pays off over many images, on a GPU)")
     p.add_argument("--attention-png", type=Path, default=None, metavar="OUT.png",
                    help="write the attention grid (OUT_1.png, OUT_2.png, ... for several images)")
     args = p.parse_args(argv)
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--device: {e}")
 
     try:
-        cap = Captioner.load(args.weights, device=args.device)
+        cap = Captioner.load(args.weights, device=args.device, compile=args.compile)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from .image import load_image, preprocess
 from .labels import ImageNetHead, imagenet_head
 from .model import CaptionModel
 from .ood import OODError, OODResult, OODStats, check_images, load_stats
-from .search import MAX_BEAM_SIZE, Hypothesis, check_options, decode
+from .search import MAX_BEAM_SIZE, Hypothesis, check_options, compile_step, decode
 from .steer import steer_hypothesis
 from .vocab import END, Vocab
 from .weights import CARD_FILE, WeightsError, check_encoder_fit, load_into, read_weights
@@ -91,9 +91,11 @@ class Captioner:
         return self.model.config
 
     @classmethod
-    def load(cls, spec: str | Path, *, device: torch.device | str | None = None) -> "Captioner":
+    def load(cls, spec: str | Path, *, device: torch.device | str | None = None,
+             compile: bool = False) -> "Captioner":
         """Load a weights folder or ``hf://owner/repo[@revision]`` (safetensors + JSON, resolved by
-        `sat.hub.resolve_weights`); raises WeightsError naming what is wrong."""
+        `sat.hub.resolve_weights`); raises WeightsError naming what is wrong. `compile`: the decoder
+        step under torch.compile (`sat.search.compile_step`)."""
         device = resolve_device(device)  # NOTE: first: a missing GPU is not worth fetching weights for
         path = resolve_weights(spec)
         tensors, config, vocab, metrics = read_weights(path)
@@ -113,9 +115,12 @@ class Captioner:
             ood = load_stats(path, dim=_trunk_dim(encoder, config))
         except OODError as e:
             ood_error = str(e)
-        return cls(encoder=encoder, model=model, vocab=vocab, metrics=metrics, card=card,
-                   source=str(spec), device=device, ood=ood, ood_error=ood_error,
-                   head=imagenet_head(config.encoder, trunk_blocks=len(encoder.trunk), device=str(device)))
+        cap = cls(encoder=encoder, model=model, vocab=vocab, metrics=metrics, card=card,
+                  source=str(spec), device=device, ood=ood, ood_error=ood_error,
+                  head=imagenet_head(config.encoder, trunk_blocks=len(encoder.trunk), device=str(device)))
+        if compile:
+            compile_step(cap.model.decoder)
+        return cap
 
     def pixels(self, images: Sequence[Any]) -> torch.Tensor:
         """Images (PIL / path / bytes) → (B, 3, S, S) normalised tensor. Raises ImageError."""

@@ -81,7 +81,7 @@ class TrainConfig:
     """DataLoader worker processes preparing the next batches from the feature cache (0 = in the
     training process). NOTE: the reads are sequential and tiny next to a step, so 2 suffice."""
     compile: bool = False
-    """torch.compile the model's loss (the plain ops are used under compile, sat/kernels.py). On CPU
+    """torch.compile the model's loss and the decoder step of validation's search (the plain ops are used under compile, sat/kernels.py). On CPU
     it needs a C++ compiler, and the first steps pay the compilation."""
 
     scst: bool = False

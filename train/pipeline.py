@@ -28,6 +28,7 @@ from train import distributed as D
 from train.evaluate import bleu4_quick, generate_words, score_split, write_metrics
 from train.features import FeatureCache, extract_features
 from train.card import model_card
+from sat.search import compile_step
 from train.batches import CaptionData, FeatureRows
 from train.loop import TrainConfig, fit
 from train.metrics import CaptionScorer
@@ -191,6 +192,8 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
     model = build_model(cfg, seed=tc.seed)
     if tc.init_from:
         warm_start(model, resolve_init(tc.init_from), vocab)
+    if tc.compile:  # NOTE: validation's greedy search too (the training loss is compiled in fit)
+        compile_step(model.decoder)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ctx = D.current()
     if ctx.is_main and ctx.active:

@@ -40,10 +40,14 @@ def test_fit_on_each_layout(name: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "weights"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # NOTE: the CSV layout also trains with --compile: a tiny `fit --compile` through the CLI
         code = train_main(["fit", "--out", str(out), "--run-dir", str(tmp_path / "run"), *TINY,
-                           *_common(name, root, tmp_path)])
+                           *_common(name, root, tmp_path), *(["--compile"] if name == "csv" else [])])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
+    if name == "csv":
+        assert "compile: true" in (out / "run_config.yaml").read_text()
+        assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["steps"] >= 1
     assert f"{name} from {root}" in stdout and "skipped:" in stdout  # the load summary came first
     assert stdout.index(f"{name} from") < stdout.index("training ")
     metrics = json.loads((out / "metrics.json").read_text())
