@@ -43,7 +43,7 @@ VOCAB = 10_000  # about the Karpathy COCO vocabulary at min count 5
 def write_synthetic_cache(folder: str | Path, *, images: int = COCO_IMAGES, map_shape: tuple[int, int, int] = COCO_MAP,
                           chunk: int = 2048, seed: int = 0, progress: bool = True) -> FeatureCache:
     """A complete feature cache of random-ish non-negative maps in `folder` (kept when it already is one
-    of this shape). Written in chunks through np.memmap: this process never holds more than a chunk."""
+    of this shape). Written in chunks, each through its own np.memmap: this process holds about a chunk."""
     folder = Path(folder)
     shape = (images, *map_shape)
     have = open_cache(folder)
@@ -61,14 +61,17 @@ def write_synthetic_cache(folder: str | Path, *, images: int = COCO_IMAGES, map_
     # NOTE: rows drawn from a pool of random ReLU-like maps plus a per-chunk scale: random-ish values
     # (no page is all zeros or a copy of its neighbour) at disk speed, not at random-generator speed.
     pool = np.maximum(rng.standard_normal((256, *map_shape), dtype=np.float32), 0).astype(np.float16)
-    maps = np.memmap(folder / DATA, dtype=np.float16, mode="w+", shape=shape)
+    np.memmap(folder / DATA, dtype=np.float16, mode="w+", shape=shape).flush()  # the file, at full size
+    row = int(np.prod(map_shape)) * 2
     for start in tqdm(range(0, images, chunk), desc="synthetic cache", unit="chunk", disable=not progress):
         n = min(chunk, images - start)
         block = pool[rng.integers(0, len(pool), n)]  # (n, C, h, w)
         block *= np.float16(rng.uniform(0.5, 2.0))
-        maps[start:start + n] = block
-    maps.flush()
-    del maps
+        # NOTE: one mapping per chunk, flushed and closed: written pages leave this process's RSS
+        part = np.memmap(folder / DATA, dtype=np.float16, mode="r+", offset=start * row, shape=(n, *map_shape))
+        part[:] = block
+        part.flush()
+        del part
     write_json(folder / META, {"ids": [f"synthetic_{i:06d}" for i in range(images)], "shape": list(shape),
                                "failed": {}, "encoder": "synthetic", "feature_map": "stride16",
                                "weights": None, "preprocessing": {}})
@@ -134,7 +137,7 @@ def train_child(argv: list[str] | None = None) -> dict[str, Any]:
            "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
            "tokens_per_s": round(steps * a.batch * (CAPTION_WORDS + 1) / secs, 1), "train_seconds": secs,
            "steps": steps, "batch": a.batch, "workers": a.workers, "load_seconds": round(load_s, 1),
-           "images": int(len(train_rows)), "pairs": int(len(rows)), "cache_gb": round(cache.maps.nbytes / 2**30, 2)}
+           "images": int(len(train_rows)), "pairs": int(len(rows)), "cache_gb": round(cache.maps.nbytes / 1e9, 2)}
     print(json.dumps(out), flush=True)
     return out
 
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{cache.path}: {cache.maps.shape} float16, {cache.maps.nbytes / 2**30:.2f} GB")
+    print(f"{cache.path}: {cache.maps.shape} float16, {cache.maps.nbytes / 1e9:.2f} GB")
     return 0
 
 
