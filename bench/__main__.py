@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--only train,beam,...] [--out-dir bench]`: measure, then write
 `results.json` (every figure, the machine, the commands) and `results.md` (the README's table).
 
-Parts (all by default): matmul, train, engine, beam, latency, encoder, memory (engine: bench/engine.py). Each figure is tied to the
+Parts (all by default): matmul, train, engine, beam, latency, encoder, memory, extract, coco (engine:
+bench/engine.py; coco writes a 5.4 GB synthetic feature cache, --coco-dir keeps it for the next run). Each figure is tied to the
 machine it ran on and the command that produced it; `--merge` keeps the figures of parts not run
 this time from an existing results.json (each part records its own machine and command).
 `--quick` runs every part at tiny sizes in well under a minute: a check that the code works, not a
@@ -77,6 +78,17 @@ def run_part(part: str, a: argparse.Namespace, res: dict[str, Any]) -> dict[str,
         image = sorted(EXAMPLES.glob("*.jpg"))[0]
         out.update(system.app_peak_rss(soft=str(a.weights), hard=a.hard, image=image))
         return out
+    if part == "extract":
+        from .extraction import bench_extract
+        if a.quick:
+            return bench_extract(n_photos=8, size=(160, 120), batch=4, workers=2, repeats=1)
+        return bench_extract(n_photos=a.extract_photos, batch=32, workers=a.extract_workers, repeats=3,
+                             device=a.extract_device)
+    if part == "coco":
+        from .streaming import bench_coco
+        if a.quick:
+            return bench_coco(None, steps=3, batch=8, workers=2, quick=True)
+        return bench_coco(a.coco_dir, steps=a.coco_steps, batch=64, workers=a.coco_workers)
     raise ValueError(f"unknown part {part!r}")
 
 
@@ -93,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=10000, help="training vocabulary size")
     p.add_argument("--train-steps", type=int, default=10, help="timed training steps per decoder")
     p.add_argument("--photos", type=int, default=60, help="photos for the latency figure (≥ 50)")
+    p.add_argument("--extract-photos", type=int, default=200, help="640×480 JPEGs for the extraction figure")
+    p.add_argument("--extract-workers", type=int, default=2, help="decode workers for the extraction figure")
+    p.add_argument("--extract-device", default="cpu", help="device of the extraction figure's encoder (cpu, cuda)")
+    p.add_argument("--coco-dir", type=Path, default=None,
+                   help="where the synthetic COCO-sized cache (5.4 GB) is written and reused (default: a "
+                        "temporary folder under /tmp, removed afterwards)")
+    p.add_argument("--coco-steps", type=int, default=30, help="training steps per mode on the COCO-sized cache")
+    p.add_argument("--coco-workers", type=int, default=2, help="DataLoader workers of the COCO-sized training")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile encoder variant")
     p.add_argument("--compile-engine", action="store_true",
                    help="engine part: also compile the training step (minutes of compilation on a CPU)")

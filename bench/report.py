@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PARTS = ("matmul", "train", "engine", "beam", "latency", "encoder", "memory")
+PARTS = ("matmul", "train", "engine", "beam", "latency", "encoder", "memory", "extract", "coco")
 
 # NOTE: always present in results.json (null when that part was not run), so readers need no guards.
 KEYS = ("train_speedup_vs_reference", "beam5_speedup_vs_per_image", "latency_ms_p50", "latency_ms_p95",
         "encoder_images_per_s", "matmul_gflops", "train_gflops", "peak_rss_mb_train", "peak_rss_mb_app",
-        "train_host_syncs_per_step", "train_ops_per_step", "machine", "commands")
+        "train_host_syncs_per_step", "train_ops_per_step", "extract_vs_encoder", "peak_rss_mb_train_coco_scale",
+        "train_streamed_vs_ram", "machine", "commands")
 
 TARGETS = {  # key: (comparison, threshold) from the issue
     "train_speedup_vs_reference": (">=", 5.0),
@@ -17,6 +18,9 @@ TARGETS = {  # key: (comparison, threshold) from the issue
     "beam5_speedup_vs_per_image": (">=", 10.0),
     "latency_ms_p50": ("<=", 150.0),
     "encoder_images_per_s": (">=", 30.0),
+    "extract_vs_encoder": (">=", 0.85),
+    "peak_rss_mb_train_coco_scale": ("<=", 2048.0),
+    "train_streamed_vs_ram": (">=", 0.9),
 }
 
 
@@ -76,8 +80,30 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{_fmt(g('train_memory_images'))} images' features in RAM: {_fmt(g('train_memory_features_mb'))} MB", ""),
         ("Peak RSS, app after one caption (MB)", _fmt(g("peak_rss_mb_app")),
          f"after start: {_fmt(g('app_rss_mb_after_start'))} MB", ""),
+        (f"Feature extraction, {_fmt(g('extract_workers'))} decode workers (images/s)", _fmt(g("extract_images_per_s")),
+         f"{_fmt(g('extract_photos'))} JPEGs {_fmt(g('extract_photo_size'))}, batch {_fmt(g('extract_batch'))}, "
+         f"{_fmt(g('extract_device'))}; decoding in the main process: {_fmt(g('extract_images_per_s_workers0'))}; "
+         f"load average {_fmt(g('extract_loadavg_1min_before'))} → {_fmt(g('extract_loadavg_1min_after'))}", ""),
+        ("… vs the encoder alone on decoded images", _fmt(g("extract_vs_encoder"), "×"),
+         f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s (best of rounds; "
+         f"rounds {_rounds(g('extract_rounds_images_per_s'))} vs {_rounds(g('extract_rounds_encoder_only_images_per_s'))}); "
+         f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s",
+         _target("extract_vs_encoder", g("extract_vs_encoder"))),
+        ("Peak RSS per process, training on a COCO-sized cache, streamed (MB)", _fmt(g("peak_rss_mb_train_coco_scale")),
+         f"{_fmt(g('coco_cache_gb'))} GB cache, {_fmt(g('coco_workers'))} loader workers (main "
+         f"{_fmt(g('coco_peak_rss_mb_streamed_main'))}, children {_fmt(g('coco_peak_rss_mb_streamed_children'))}); "
+         f"split copied into RAM: {_fmt(g('coco_peak_rss_mb_ram'))}",
+         _target("peak_rss_mb_train_coco_scale", g("peak_rss_mb_train_coco_scale"))),
+        ("… tokens/s streamed vs in RAM", _fmt(g("train_streamed_vs_ram"), "×"),
+         f"streamed {_fmt(g('coco_tokens_per_s_streamed'))}, in RAM {_fmt(g('coco_tokens_per_s_ram'))} tokens/s "
+         f"({_fmt(g('coco_steps'))} steps of {_fmt(g('coco_batch'))}, 512-unit LSTM, 10,000 words)",
+         _target("train_streamed_vs_ram", g("train_streamed_vs_ram"))),
     ]
     return out
+
+
+def _rounds(v: Any) -> str:
+    return "/".join(f"{x:g}" for x in v) if v else "not run"
 
 
 def _path(g, path: str, key: str) -> Any:
@@ -92,13 +118,25 @@ def _pct(v: Any) -> float | None:
     return None if v is None else 100.0 * v
 
 
+def _machine(m: dict[str, Any]) -> str:
+    return (f"{m.get('cores')} cores, {m.get('cpu_model')}, torch {m.get('torch')} "
+            f"({m.get('torch_threads')} threads), bf16 {'yes' if m.get('bf16_supported') else 'no'}")
+
+
 def write_markdown(r: dict[str, Any], path: Path) -> None:
     m = r.get("machine") or {}
     lines = []
     if r.get("quick"):
         lines.append("> **Quick mode**: tiny sizes, a check that the benchmark runs, *not* a measurement.\n")
-    lines.append(f"Machine: {m.get('cores')} cores, {m.get('cpu_model')}, torch {m.get('torch')} "
-                 f"({m.get('torch_threads')} threads), bf16 {'yes' if m.get('bf16_supported') else 'no'}.\n")
+    lines.append(f"Machine: {_machine(m)}.\n")
+    # NOTE: with --merge, parts measured earlier may come from another machine: say which
+    others: dict[str, list[str]] = {}
+    for part, info in (r.get("parts") or {}).items():
+        pm = (info or {}).get("machine")
+        if pm and _machine(pm) != _machine(m):
+            others.setdefault(_machine(pm), []).append(part)
+    for desc, parts in others.items():
+        lines.append(f"Parts {', '.join(parts)} were measured on another machine: {desc}.\n")
     lines.append("| measurement | figure | compared with | target |")
     lines.append("|---|---|---|---|")
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(r)]

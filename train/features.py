@@ -13,6 +13,10 @@ serves stale maps. A killed extraction resumes at the last
 flushed row; a cache without meta.json is never served. An unreadable image is skipped: its row
 stays zero, it is counted and listed in meta.json, and `valid` excludes it.
 
+Images are decoded and preprocessed by DataLoader worker processes (`workers`) while the encoder
+runs on the previous batch, in order, so the cache's bytes do not depend on the number of workers;
+on CUDA the batches come through pinned memory.
+
 Under torchrun the ranks share the work: rank r extracts rows i ≡ r (mod world) into the same
 memory-mapped file (rank 0 creates it), keeps its own progress file (progress.json is rank 0's,
 progress.rank<r>.json the others') so each resumes where it stopped, and rank 0 writes meta.json
@@ -25,13 +29,13 @@ import inspect
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sat.atomic import write_json
@@ -108,6 +112,58 @@ def _load(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor | str:
         return str(e)
 
 
+class ImageFiles(Dataset):
+    """Item k: image `paths[k]` decoded and preprocessed (3, S, S), or the error text of an unreadable one."""
+
+    def __init__(self, paths: Sequence[str | Path], preprocessing: dict[str, Any]):
+        self.paths, self.preprocessing = list(paths), preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int) -> torch.Tensor | str:
+        return _load(Path(self.paths[k]), self.preprocessing)
+
+
+def collate_images(items: list[torch.Tensor | str]) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+    """A batch of `ImageFiles` items → (the decoded images stacked (B_ok, 3, S, S) or None, their positions
+    in the batch, position → error text of the images that failed)."""
+    ok = [j for j, it in enumerate(items) if isinstance(it, torch.Tensor)]
+    errors = {j: it for j, it in enumerate(items) if not isinstance(it, torch.Tensor)}
+    return (torch.stack([items[j] for j in ok]) if ok else None), ok, errors
+
+
+def decode_workers(requested: int | None = None) -> int:
+    """DataLoader workers that decode images: `requested`, or by default min(8, this process's share
+    of the CPU cores it may use: cores / processes on this machine under torchrun).
+
+    NOTE: on a GPU the encoder outruns JPEG decoding (bench/extraction.py), so workers are what sets
+    the pace; on a CPU they share the encoder's cores, and a few hide the decoding."""
+    if requested is not None:
+        if requested < 0:
+            raise ValueError(f"decode workers must be 0 (decode in this process) or more, got {requested}")
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+def image_loader(paths: Sequence[str | Path], preprocessing: dict[str, Any], *, batch_size: int,
+                 workers: int, device: torch.device) -> DataLoader:
+    """Batches of `collate_images`, in order, decoded by `workers` processes ahead of the encoder.
+
+    NOTE: decoding + preprocessing a 640×480 JPEG costs about a quarter of Lite0's CPU time per image
+    here (bench/extraction.py), and on a GPU likely more than the encoder (not measured); processes,
+    not the one thread used before, scale with the cores and keep the Python glue off the main
+    process's GIL. Order is kept (no shuffle, in-order delivery), so the cache does not depend on the
+    number of workers."""
+    return DataLoader(ImageFiles(paths, preprocessing), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate_images, pin_memory=device.type == "cuda",
+                      prefetch_factor=2 if workers else None)
+
+
 def progress_file(rank: int) -> str:
     """Rank 0 keeps the single-process name, so a cache resumes across launch modes on rank 0's rows."""
     return PROGRESS if rank == 0 else f"progress.rank{rank}.json"
@@ -162,7 +218,7 @@ def _create_or_reuse(path: Path, shape: tuple[int, ...]) -> None:
 def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder: Encoder,
                      dataset_root: str | Path, cache_dir: str | Path, batch_size: int = 32,
                      device: torch.device | str = "cpu", progress: bool = True, bf16: bool = False,
-                     **preprocessing: Any) -> FeatureCache:
+                     workers: int | None = None, **preprocessing: Any) -> FeatureCache:
     """Return the cache for these images, extracting (or resuming) what is missing.
 
     `preprocessing`: the keyword arguments of `sat.image.preprocess` (image_size, resize, crop_pct,
@@ -171,10 +227,16 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     `bf16` runs the encoder under bfloat16 autocast (a separate cache: the maps differ slightly;
     bench/ reports the speed-up and the drift on this machine).
 
+    `workers`: DataLoader processes decoding images while the encoder runs (`decode_workers`: None =
+    min(8, the CPU cores per process); 0 = decode in this process). The cache is the same either way.
+
     Under torchrun every rank calls this with the same arguments and gets the same cache back.
     """
     if len(paths) != len(ids) or len(set(ids)) != len(ids):
         raise ValueError("paths and ids must have the same length and ids must be unique")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    decode_workers(workers)  # NOTE: a bad count is an error before any file is touched
     path = Path(cache_dir) / cache_key(encoder, dataset_root=dataset_root, ids=ids, bf16=bf16, **preprocessing)
     image_size = _preprocessing(preprocessing)["image_size"]
     cache = open_cache(path)
@@ -200,24 +262,18 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
             done, failed = int(prog["done"]), dict(prog["failed"])
     maps = np.memmap(path / DATA, dtype=np.float16, mode="r+", shape=shape)
     bar = tqdm(total=len(mine), initial=done, desc="features", unit="img", disable=not (progress and ctx.is_main))
-    # NOTE: a thread decodes the next batch while the encoder runs on the current one.
-    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-        def submit(start: int):
-            return pool.submit(lambda: [_load(Path(paths[i]), preprocessing)
-                                        for i in mine[start:start + batch_size]])
-        pending = submit(done) if done < len(mine) else None
-        for start in range(done, len(mine), batch_size):
-            items = pending.result()
-            rows = mine[start:start + len(items)]
-            nxt = start + batch_size
-            pending = submit(nxt) if nxt < len(mine) else None
-            ok = [j for j, it in enumerate(items) if isinstance(it, torch.Tensor)]
-            for j, it in enumerate(items):
-                if not isinstance(it, torch.Tensor):
-                    failed[ids[rows[j]]] = it
-            block = np.zeros((len(items), *shape[1:]), dtype=np.float16)
+    loader = image_loader([paths[i] for i in mine[done:]], preprocessing, batch_size=batch_size,
+                          workers=decode_workers(workers), device=torch.device(device))
+    start = done
+    with torch.inference_mode():
+        for x, ok, errors in loader:
+            n = len(ok) + len(errors)
+            rows = mine[start:start + n]
+            for j, err in errors.items():
+                failed[ids[rows[j]]] = err
+            block = np.zeros((n, *shape[1:]), dtype=np.float16)
             if ok:
-                x = torch.stack([items[j] for j in ok]).to(device)
+                x = x.to(device, non_blocking=True)  # NOTE: from pinned memory on CUDA: an async copy
                 with D.autocast(x.device, bf16):
                     fmap = encoder.encode_trunk(x)
                 block[ok] = fmap.float().cpu().numpy().astype(np.float16)
@@ -227,12 +283,13 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
                 else:
                     maps[np.asarray(rows)] = block
                 maps.flush()
-                write_json(prog_path, {"done": start + len(items), "shape": list(shape), "failed": failed,
+                write_json(prog_path, {"done": start + n, "shape": list(shape), "failed": failed,
                                         "world": ctx.world})
             except OSError as e:
                 raise OSError(f"writing the feature cache {path} failed ({_mb(nbytes)} needed, "
                               f"{_mb(shutil.disk_usage(path).free)} free): {e.strerror or e}") from None
-            bar.update(len(items))
+            start += n
+            bar.update(n)
     bar.close()
     del maps
     all_failed: dict[str, str] = {}

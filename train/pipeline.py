@@ -63,6 +63,14 @@ class DataConfig:
     encoder_bf16: bool = False
     """Extract features under bfloat16 autocast (faster where the CPU has AMX/AVX512-BF16 or on
     CUDA; the maps drift slightly, see bench/results.md; a separate cache)."""
+    extract_workers: int = -1
+    """Feature extraction: DataLoader processes decoding images while the encoder runs (-1 = min(8, the CPU
+    cores per process); 0 = decode in the main process). The cache is the same whatever the count."""
+
+    def __post_init__(self) -> None:
+        if self.extract_workers < -1:
+            raise ValueError(f"extract_workers must be -1 (automatic), 0 (decode in the main process) or more, "
+                             f"got {self.extract_workers}")
 
 
 def load_records(dc: DataConfig, *, progress: bool = True) -> tuple[list[ImageRecord], Path]:
@@ -112,7 +120,8 @@ def features_for(records: list[ImageRecord], root: Path, cfg: ModelConfig, dc: D
     cache_dir = Path(dc.cache_dir) if dc.cache_dir else REPO / "cache" / "features"
     return extract_features([r.path for r in records], [r.image_id for r in records], encoder=encoder,
                             dataset_root=root, cache_dir=cache_dir, device=device, progress=progress,
-                            bf16=dc.encoder_bf16, **cfg.preprocessing)
+                            bf16=dc.encoder_bf16, workers=None if dc.extract_workers == -1 else dc.extract_workers,
+                            **cfg.preprocessing)
 
 
 def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> list[int]:

@@ -139,3 +139,35 @@ def test_tutorial_beam_returns_a_finished_caption_scored_by_the_model(beam):
         mine = beam_search(ours.decoder, feats[i:i + 1], beam_size=beam, max_len=4)[0]
         agree += mine.tokens == tokens
     assert agree >= feats.size(0) // 2  # the two beam bookkeepings mostly pick the same caption
+
+
+def test_extraction_bench_measures_the_real_extraction_against_the_encoder():
+    from bench.extraction import bench_extract
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = bench_extract(n_photos=5, size=(96, 72), batch=2, workers=2, repeats=1, image_size=64)
+    finally:
+        torch.set_num_threads(threads)
+    # the cache written through the decode workers holds exactly the encoder's maps of the decoded photos
+    assert r["extract_max_abs_diff_vs_encoder"] == 0.0 and r["extract_workers0_same_cache"] is True
+    ratio = r["extract_images_per_s"] / r["extract_encoder_only_images_per_s"]  # both rounded to 0.1
+    assert r["extract_vs_encoder"] == pytest.approx(ratio, rel=0.05) and r["extract_images_per_s"] > 0
+    assert r["extract_photos"] == 5 and r["extract_workers"] == 2 and r["extract_photo_size"] == "96x72"
+    assert r["extract_encoder"].startswith("efficientnet-lite0 (stride16: (112, 4, 4))")
+
+
+def test_results_md_names_parts_measured_on_another_machine(tmp_path):
+    from bench.report import write_markdown
+    here = {"cores": 2, "cpu_model": "AMD EPYC", "torch": "2.14", "torch_threads": 2, "bf16_supported": True}
+    there = {**here, "cpu_model": "Intel Xeon", "torch": "2.13"}
+    res = {"machine": here, "parts": {"train": {"machine": there}, "extract": {"machine": here}},
+           "extract_vs_encoder": 0.8}
+    write_markdown(res, tmp_path / "r.md")
+    md = (tmp_path / "r.md").read_text()
+    assert "Machine: 2 cores, AMD EPYC, torch 2.14" in md
+    assert "Parts train were measured on another machine: 2 cores, Intel Xeon, torch 2.13" in md
+    assert "| … vs the encoder alone on decoded images | 0.80× |" in md and ">= 0.85 ❌" in md
+    res["parts"]["train"]["machine"] = here
+    write_markdown(res, tmp_path / "r.md")
+    assert "another machine" not in (tmp_path / "r.md").read_text()

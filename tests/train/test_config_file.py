@@ -144,3 +144,14 @@ def test_read_config_keeps_what_the_file_says(tmp_path):
     (tmp_path / "c.yml").write_text("preset: coco\ntrain: {lr: 1}\n")
     d = read_config(tmp_path / "c.yml")
     assert d == {"preset": "coco", "train": {"lr": 1.0}} and isinstance(d["train"]["lr"], float)
+
+
+def test_extract_workers_from_flag_and_file_and_a_bad_count_is_one_line(tmp_path, capsys):
+    assert resolved(capsys, "--out", "x")["data"]["extract_workers"] == -1
+    assert resolved(capsys, "--out", "x", "--extract-workers", "3")["data"]["extract_workers"] == 3
+    (tmp_path / "c.yaml").write_text("data: {extract_workers: 0}\n")
+    assert resolved(capsys, "--out", "x", "--config", str(tmp_path / "c.yaml"))["data"]["extract_workers"] == 0
+    capsys.readouterr()
+    assert train_main(["fit", "--out", "x", "--print-config", "--extract-workers", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "extract_workers must be" in err and "-2" in err and len(err.strip().splitlines()) == 1, err

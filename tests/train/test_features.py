@@ -26,15 +26,17 @@ def make_images(folder, n, broken=()):
     return paths
 
 
-def extract(paths, root, cache_dir, **kw):
+def extract(paths, root, cache_dir, workers=0, **kw):
+    # NOTE: in-process decoding by default, so the monkeypatched `_load`s below run where the test sees them
     return F.extract_features(paths, [p.name for p in paths], encoder=create_encoder("test-tiny"),
                               image_size=64, resize="crop", dataset_root=root, cache_dir=cache_dir,
-                              batch_size=3, progress=False, **kw)
+                              batch_size=3, progress=False, workers=workers, **kw)
 
 
-def test_extract_matches_the_encoder_and_is_reused(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_extract_matches_the_encoder_and_is_reused(tmp_path, workers):
     paths = make_images(tmp_path / "imgs", 7)
-    cache = extract(paths, tmp_path / "imgs", tmp_path / "cache")
+    cache = extract(paths, tmp_path / "imgs", tmp_path / "cache", workers=workers)
     assert cache.maps.shape == (7, 16, 2, 2) and cache.maps.dtype == np.float16
     enc = create_encoder("test-tiny")
     with torch.inference_mode():
@@ -56,9 +58,10 @@ def test_key_depends_on_root_encoder_settings_and_ids(tmp_path):
                                dataset_root=tmp_path / "a", ids=["x", "y"])
 
 
-def test_broken_images_are_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_broken_images_are_skipped_and_counted(tmp_path, workers):
     paths = make_images(tmp_path / "imgs", 5, broken={1, 3})
-    cache = extract(paths, tmp_path / "imgs", tmp_path / "cache")
+    cache = extract(paths, tmp_path / "imgs", tmp_path / "cache", workers=workers)
     assert sorted(cache.failed) == ["img1.png", "img3.png"]
     assert cache.valid.tolist() == [True, False, True, False, True]
     assert "img1.png" in cache.failed["img1.png"]
@@ -88,6 +91,56 @@ def test_resume_after_kill_continues_and_never_serves_partial(tmp_path, monkeypa
     assert seen == [p.name for p in paths[3:]]  # the first batch was not redone
     full = extract(paths, tmp_path / "imgs", tmp_path / "fresh")
     assert np.array_equal(np.asarray(cache.maps), np.asarray(full.maps))
+
+
+def test_decode_workers_write_the_same_bytes_and_resume_a_partial_cache(tmp_path, monkeypatch):
+    paths = make_images(tmp_path / "imgs", 11, broken={4, 9})
+    inline = extract(paths, tmp_path / "imgs", tmp_path / "inline", workers=0)
+    pooled = extract(paths, tmp_path / "imgs", tmp_path / "pooled", workers=2)
+    assert (inline.path / F.DATA).read_bytes() == (pooled.path / F.DATA).read_bytes()
+    assert (inline.path / F.META).read_bytes() == (pooled.path / F.META).read_bytes()
+    assert inline.maps[0].any() and not inline.maps[4].any()
+    # killed during the third batch in-process, resumed by two workers: still the same bytes
+    real, calls = F._load, {"n": 0}
+
+    def dying_load(*a):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(F, "_load", dying_load)
+    with pytest.raises(KeyboardInterrupt):
+        extract(paths, tmp_path / "imgs", tmp_path / "resumed", workers=0)
+    monkeypatch.undo()
+    (folder,) = (tmp_path / "resumed").iterdir()
+    prog = json.loads((folder / F.PROGRESS).read_text())
+    assert prog["done"] == 6 and list(prog["failed"]) == ["img4.png"]
+    resumed = extract(paths, tmp_path / "imgs", tmp_path / "resumed", workers=2)
+    assert (resumed.path / F.DATA).read_bytes() == (inline.path / F.DATA).read_bytes()
+    assert resumed.failed == inline.failed == {k: inline.failed[k] for k in ("img4.png", "img9.png")}
+
+
+def test_collate_keeps_failed_images_apart():
+    a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    x, ok, errors = F.collate_images([a, "broken: x.png", b, "empty: y.png"])
+    assert x.shape == (2, 3, 4, 4) and torch.equal(x[1], b) and ok == [0, 2]
+    assert errors == {1: "broken: x.png", 3: "empty: y.png"}
+    x, ok, errors = F.collate_images(["bad"])
+    assert x is None and ok == [] and errors == {0: "bad"}
+
+
+def test_decode_workers_default_and_bad_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert F.decode_workers() == 8 and F.decode_workers(0) == 0 and F.decode_workers(11) == 11
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on 16 cores: 2 each
+    assert F.decode_workers() == 2
+    monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert F.decode_workers() == 1
+    with pytest.raises(ValueError, match="decode workers"):
+        extract(make_images(tmp_path / "imgs", 2), tmp_path / "imgs", tmp_path / "c", workers=-1)
+    assert not (tmp_path / "c").exists()
 
 
 def test_arguments_checked(tmp_path):
@@ -132,3 +185,29 @@ def test_space_that_cannot_be_reserved_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in msg and F.DATA in msg and "needed" in msg and "No space left" in msg, msg
     monkeypatch.undo()  # space again: the same call builds the cache
     assert extract(paths, tmp_path / "imgs", tmp_path / "cache").maps.shape[0] == 4
+
+
+@pytest.mark.parametrize("setting, passed", [(-1, None), (0, 0), (3, 3)])
+def test_data_config_extract_workers_reach_the_extraction(tmp_path, monkeypatch, setting, passed):
+    from sat.config import ModelConfig
+    from train import pipeline
+    seen = {}
+    monkeypatch.setattr(pipeline, "extract_features", lambda *a, **kw: seen.update(kw))
+    pipeline.features_for([], tmp_path, ModelConfig(encoder="test-tiny"),
+                          pipeline.DataConfig(cache_dir=str(tmp_path), extract_workers=setting),
+                          device=torch.device("cpu"), encoder=create_encoder("test-tiny"))
+    assert seen["workers"] == passed
+
+
+def test_batches_are_pinned_for_cuda_only_and_pinning_keeps_the_batch(tmp_path, monkeypatch):
+    from torch.utils.data._utils.pin_memory import pin_memory
+    paths = make_images(tmp_path / "imgs", 3, broken={1})
+    pp = {"image_size": 64, "resize": "crop"}
+    assert F.image_loader(paths, pp, batch_size=2, workers=0, device=torch.device("cuda")).pin_memory is True
+    assert F.image_loader(paths, pp, batch_size=2, workers=0, device=torch.device("cpu")).pin_memory is False
+    # what the DataLoader's pinning thread does to a batch (pinning itself needs CUDA: marked instead)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t.clone().fill_(7.0))
+    x, ok, errors = next(iter(F.image_loader(paths, pp, batch_size=3, workers=0, device=torch.device("cpu"))))
+    px, pok, perrors = pin_memory((x, ok, errors))
+    assert (px == 7).all() and px.shape == (2, 3, 64, 64) and pok == ok == [0, 2]
+    assert perrors == errors and list(errors) == [1] and "img1.png" in errors[1]

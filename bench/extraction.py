@@ -1,0 +1,107 @@
+"""Feature extraction vs the encoder alone: do the DataLoader decode workers keep the encoder busy?
+
+`extract_vs_encoder` = images/s of the real `train.features.extract_features` on generated JPEG
+photos (decode + preprocess in `workers` processes, the encoder, the float16 cache writes and its
+progress file) ÷ images/s of the encoder trunk alone on the same images already decoded and
+preprocessed (same encoder, 224 px, same batch). 1.0: decoding is fully hidden behind the encoder.
+
+NOTE: on a CPU-only machine the decode workers and the encoder share the same cores, so the ratio
+measures how little decoding costs next to the encoder there; on a GPU box the workers run on
+cores the encoder does not use.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.inference import make_photos
+from sat.config import ModelConfig
+from sat.image import load_image, preprocess
+from train.features import extract_features
+from train.pipeline import encoder_config
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _encoder_only(encoder, x: torch.Tensor, batch: int) -> tuple[float, torch.Tensor]:
+    """Images/s of the trunk over all of `x` (N, 3, S, S, already on the encoder's device) in batches;
+    and its maps (N, C, h, w) float16 on the CPU."""
+    out = []
+    with torch.inference_mode():
+        _sync(x.device)
+        t0 = time.perf_counter()
+        for i in range(0, x.size(0), batch):
+            out.append(encoder.encode_trunk(x[i:i + batch]))
+        _sync(x.device)
+        dt = time.perf_counter() - t0
+    return x.size(0) / dt, torch.cat(out).float().cpu().to(torch.float16)
+
+
+def _extract(encoder, photos: list[Path], root: Path, cache_dir: Path, *, batch: int, workers: int,
+             preprocessing: dict[str, Any], device: torch.device) -> tuple[float, np.ndarray]:
+    """Images/s of one whole `extract_features` call into an empty cache folder; and the cache's maps."""
+    t0 = time.perf_counter()
+    cache = extract_features(photos, [p.name for p in photos], encoder=encoder, dataset_root=root,
+                             cache_dir=cache_dir, batch_size=batch, workers=workers, progress=False,
+                             device=device, **preprocessing)
+    dt = time.perf_counter() - t0
+    return len(photos) / dt, np.asarray(cache.maps)
+
+
+def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), batch: int = 32,
+                  workers: int = 2, repeats: int = 2, encoder: str = "efficientnet-lite0",
+                  feature_map: str = "stride16", image_size: int = 224,
+                  device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Best of `repeats` interleaved rounds (encoder alone, then extraction with workers), plus one
+    extraction decoding in the main process (workers 0) for comparison."""
+    device = torch.device(device)
+    enc, cfg = encoder_config(ModelConfig(encoder=encoder, feature_map=feature_map, image_size=image_size))
+    enc = enc.to(device).eval()
+    pp = cfg.preprocessing
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="sat-bench-extract-") as tmp:
+        root = Path(tmp) / "photos"
+        photos = make_photos(root, n_photos, sizes=[size])
+        t0 = time.perf_counter()
+        x = torch.stack([preprocess(load_image(p), **pp) for p in photos])  # (N, 3, S, S)
+        decode_s = time.perf_counter() - t0
+        x = x.to(device)
+        _encoder_only(enc, x[:batch], batch)  # warm-up: oneDNN picks its kernels
+        enc_rates, ext_rates, ref = [], [], None
+        for r in range(repeats):
+            rate, ref = _encoder_only(enc, x, batch)
+            enc_rates.append(rate)
+            rate, maps = _extract(enc, photos, root, Path(tmp) / f"cache{r}", batch=batch, workers=workers,
+                                  preprocessing=pp, device=device)
+            ext_rates.append(rate)
+        inline, maps0 = _extract(enc, photos, root, Path(tmp) / "cache-inline", batch=batch, workers=0,
+                                 preprocessing=pp, device=device)
+    drift = float(np.abs(maps.astype(np.float32) - ref.numpy().astype(np.float32)).max())
+    enc_best, ext_best = max(enc_rates), max(ext_rates)
+    return {
+        "extract_vs_encoder": round(ext_best / enc_best, 3),
+        "extract_images_per_s": round(ext_best, 1),
+        "extract_encoder_only_images_per_s": round(enc_best, 1),
+        "extract_images_per_s_workers0": round(inline, 1),
+        "extract_decode_only_images_per_s": round(n_photos / decode_s, 1),
+        "extract_rounds_images_per_s": [round(v, 1) for v in ext_rates],
+        "extract_rounds_encoder_only_images_per_s": [round(v, 1) for v in enc_rates],
+        "extract_workers": workers, "extract_batch": batch, "extract_photos": n_photos,
+        "extract_photo_size": f"{size[0]}x{size[1]}", "extract_image_size": image_size,
+        "extract_encoder": f"{encoder} ({feature_map}: {tuple(maps.shape[1:])})",
+        "extract_threads": torch.get_num_threads(), "extract_device": str(device),
+        # NOTE: the cache holds what the encoder computes (float16), whatever decoded the images
+        "extract_max_abs_diff_vs_encoder": drift,
+        "extract_workers0_same_cache": bool(np.array_equal(maps, maps0)),
+        "extract_loadavg_1min_before": round(load_before, 2),
+        "extract_loadavg_1min_after": round(os.getloadavg()[0], 2),
+    }
