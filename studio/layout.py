@@ -1,10 +1,11 @@
 """The app's components and event wiring (`build`); the handlers live in `studio.ui.Studio`.
 
-Events (all queued; captions share one concurrency group of size 1 and the grid PNGs (matplotlib,
-≈ 1 s each) another, so a grid never holds up a caption on a 2-core machine; redraws run alongside):
+Events (all queued; captions share one concurrency group of size 1, rewriting the grid PNGs after a
+settings change another; redraws run alongside):
 
 - upload change (an upload, a paste, a webcam shot, a picked example) and the Caption button →
-  caption with both models, then write both attention-grid PNGs for the download buttons;
+  caption with both models, and in the same event both attention-grid PNGs for the download
+  buttons (PIL, ≈ 10 ms a word: the download works as soon as the caption shows);
 - a word slider's `input` (user moves only) or a click on a word chip → redraw that column, and
   the other when linked (same word number, clamped to its caption: `studio.ui.LINK_RULE`);
 - overlay settings (style, plain image, opacity, smoothing) → redraw both overlays (and the
@@ -144,10 +145,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
             caption_outputs += [cols[n][k] for k in ("chips", "overlay", "slider", "word", "grid")]
         gr.on([upload.change, caption_btn.click], studio.on_caption, caption_inputs, caption_outputs,
               api_visibility="private", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY,
-              trigger_mode="always_last").then(
-            None, js=SCROLL_JS, api_visibility="private").then(
-            studio.on_grids, [state, opacity, smooth, style], grids, api_visibility="private",
-            show_progress="minimal", concurrency_id="grids", concurrency_limit=1)
+              trigger_mode="always_last").then(None, js=SCROLL_JS, api_visibility="private")
 
         scrub_outputs = [cols[n][k] for n in names for k in ("chips", "overlay", "slider", "word")]
         for name in names:

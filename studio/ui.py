@@ -209,22 +209,25 @@ class Studio:
             slider = gr.Slider(minimum=1, maximum=max(n, 2), value=1, step=1, interactive=n > 1,
                                label=f"Word (1–{n})" if n else "Word")
             outs += self._column(result, name, 0, opacity, smooth, slider=slider, style=style, plain=plain)
-            outs.append(gr.DownloadButton(value=None, interactive=False))
+            # NOTE: the grid comes with the caption (≈ 10 ms a word, `sat.viz.attention_grid_image`):
+            # its download works as soon as the caption shows
+            outs.append(self._grid_button(result, name, opacity, smooth, style))
         return outs
+
+    def _grid_button(self, result: StudioResult | None, name: str, opacity: float, smooth: float,
+                     style: str) -> Any:
+        """Model ``name``'s download button, holding its freshly written attention grid PNG."""
+        if result is None or name not in result.outputs:
+            return gr.DownloadButton(value=None, interactive=False)
+        self._prune_grids()
+        folder = self.grid_dir / uuid.uuid4().hex[:12]
+        path = write_grid(result, name, folder, opacity=opacity, smooth=smooth, style=style)
+        return gr.DownloadButton(value=str(path), interactive=True)
 
     def on_grids(self, result: StudioResult | None, opacity: float, smooth: float,
                  style: str = "heatmap") -> list[Any]:
-        """After a caption (or an overlay setting change): write each model's attention grid PNG."""
-        self._prune_grids()
-        outs: list[Any] = []
-        for name in self.names:
-            if result is None or name not in result.outputs:
-                outs.append(gr.DownloadButton(value=None, interactive=False))
-                continue
-            folder = self.grid_dir / uuid.uuid4().hex[:12]
-            path = write_grid(result, name, folder, opacity=opacity, smooth=smooth, style=style)
-            outs.append(gr.DownloadButton(value=str(path), interactive=True))
-        return outs
+        """An overlay setting changed: rewrite each model's attention grid PNG in the new style."""
+        return [self._grid_button(result, name, opacity, smooth, style) for name in self.names]
 
     def on_scrub(self, moved: str, result: StudioResult | None, positions: Sequence[float],
                  link: bool, opacity: float, smooth: float, style: str = "spotlight",

@@ -57,7 +57,9 @@ def assert_captioned(out: list) -> None:
     assert result is not None, status
     assert status.startswith("Captioned"), status
     for k, name in enumerate(("soft", "hard")):
-        chips, overlay, slider, word, _grid = out[2 + 5 * k: 7 + 5 * k]
+        chips, overlay, slider, word, grid = out[2 + 5 * k: 7 + 5 * k]
+        # the grid's download is ready with the caption itself, not written by a later event
+        assert grid.interactive and Image.open(grid.value["path"]).format == "PNG"
         cap = result.outputs[name].caption
         assert cap.attention.shape[0] == len(cap.tokens) == chips.count("sat-chip\"") + chips.count("sat-chip ")
         assert isinstance(overlay, Image.Image) and overlay.size == result.display.size
