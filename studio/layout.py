@@ -5,7 +5,8 @@ settings change another; redraws run alongside):
 
 - upload change (an upload, a paste, a webcam shot, a picked example) and the Caption button →
   caption with both models, and in the same event both attention-grid PNGs for the download
-  buttons (PIL, ≈ 10 ms a word: the download works as soon as the caption shows);
+  buttons (PIL, ≈ 10 ms a word: the download works as soon as the caption shows) and the legends
+  with the photo's crop note ("the sides are cut off", `studio.notices.crop_note`);
 - a word slider's `input` (user moves only) or a click on a word chip → redraw that column, and
   the other when linked (same word number, clamped to its caption: `studio.ui.LINK_RULE`);
 - overlay settings (style, plain image, opacity, smoothing) → redraw both overlays (and the
@@ -143,6 +144,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
         caption_outputs: list[gr.components.Component] = [state, status]
         for n in names:
             caption_outputs += [cols[n][k] for k in ("chips", "overlay", "slider", "word", "grid")]
+        caption_outputs += [cols[n]["legend"] for n in names]
         gr.on([upload.change, caption_btn.click], studio.on_caption, caption_inputs, caption_outputs,
               api_visibility="private", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY,
               trigger_mode="always_last").then(None, js=SCROLL_JS, api_visibility="private")
@@ -167,7 +169,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                       show_progress="hidden")
 
         def redraw(result, op, sm, st, pl, *positions):
-            return [*studio.on_overlay_settings(result, positions, op, sm, st, pl), *studio.legends(st, pl)]
+            return [*studio.on_overlay_settings(result, positions, op, sm, st, pl), *studio.legends(st, pl, result)]
 
         gr.on([opacity.change, smooth.change, style.change, plain.change], redraw, [state, *view, *sliders],
               [cols[n]["overlay"] for n in names] + [cols[n]["legend"] for n in names],

@@ -40,7 +40,7 @@ from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, Studi
                         caption_upload, describe_slot, load_slot, log, render_overlay, safe_caption,
                         write_grid)
 from .steering import display_to_image, steer_html, steer_upload
-from .notices import notices_html
+from .notices import crop_note, notices_html
 
 NAMES = ("soft", "hard")
 CSS = """
@@ -153,19 +153,20 @@ def word_info(result: StudioResult | None, name: str, index: int) -> str:
     return f"Word {i + 1} of {len(cap.tokens)}: {shown} · {cap.token_probs[i]:.0%}  \n<small>{PROB_HELP}</small>"
 
 
-def legend(style: str, plain: bool, *, hard: bool) -> str:
-    """One line under an overlay saying how to read it."""
+def legend(style: str, plain: bool, *, hard: bool, crop: str = "") -> str:
+    """The lines under an overlay saying how to read it; ``crop``: this photo's `crop_note` (first,
+    on its own line), "" for a square photo."""
+    note = f'<div class="sat-crop">{html.escape(crop)}</div>' if crop else ""
     if plain:
-        return '<div class="sat-legend">The plain image (untick "Show the plain image" for the attention).</div>'
+        return f'<div class="sat-legend">{note}The plain image (untick "Show the plain image" for the attention).</div>'
     if style == "heatmap":
         text = 'Attention α: low<span class="sat-bar"></span>high (scaled per word).'
     else:
         text = "Bright: where the model looked for this word; dimmed: what it ignored."
-    text += " A dashed box, when shown, is the square the model saw."
     if hard:
         text += " Solid box: the one cell hard attention read (argmax α)."
     text += " Click the picture to see what the selected word becomes if the model looks there."
-    return f'<div class="sat-legend">{text}</div>'
+    return f'<div class="sat-legend">{note}{text}</div>'
 
 
 class Studio:
@@ -192,7 +193,8 @@ class Studio:
                    max_len: float, opacity: float, smooth: float, length_penalty: float = 0.0,
                    no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM, style: str = "spotlight",
                    plain: bool = False) -> list[Any]:
-        """Upload / example / Caption button → state, status and every column (word 1)."""
+        """Upload / example / Caption button → state, status, every column (chips, overlay, slider,
+        word, grid; word 1), then every column's legend."""
         # NOTE: raw values: DecodeOptions.checked parses them inside safe_caption's error handling
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -212,7 +214,8 @@ class Studio:
             # NOTE: the grid comes with the caption (≈ 10 ms a word, `sat.viz.attention_grid_image`):
             # its download works as soon as the caption shows
             outs.append(self._grid_button(result, name, opacity, smooth, style))
-        return outs
+        # NOTE: the legends last (after the columns), each with this photo's crop note
+        return outs + self.legends(style, plain, result)
 
     def _grid_button(self, result: StudioResult | None, name: str, opacity: float, smooth: float,
                      style: str) -> Any:
@@ -260,8 +263,10 @@ class Studio:
                                        style=style, plain=plain))
         return outs
 
-    def legends(self, style: str, plain: bool) -> list[str]:
-        return [legend(style, plain, hard=self.hard[n]) for n in self.names]
+    def legends(self, style: str, plain: bool, result: StudioResult | None = None) -> list[str]:
+        """Every column's legend, with the photo's `crop_note` when ``result`` is given."""
+        return [legend(style, plain, hard=self.hard[n], crop=crop_note(result, n, plain=plain))
+                for n in self.names]
 
     def api_caption(self, path: str | None, mode: str, beam: float, temperature: float,
                     max_len: float, length_penalty: float = 0.0,

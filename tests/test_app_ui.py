@@ -14,6 +14,7 @@ from PIL import Image
 from sat.captioner import Caption
 from sat.weights import WEIGHTS_FILE
 from studio.inference import ModelOutput, StudioResult, describe_slot, load_slot, render_overlay
+from studio.notices import crop_note
 from studio.ui import Studio, caption_chips, create_app, word_info
 from tests.conftest import make_tiny_weights
 
@@ -141,6 +142,25 @@ def test_legends_say_how_to_read_the_overlay(studio):
     assert "Bright" in legend("spotlight", False, hard=False) and "Solid box" not in legend("spotlight", False, hard=False)
     assert "sat-bar" in legend("heatmap", False, hard=True) and "argmax" in legend("heatmap", False, hard=True)
     assert "plain image" in legend("heatmap", True, hard=True)
+
+
+def test_crop_note_only_when_the_model_sees_part_of_the_photo(studio):
+    square = fake_result(["a"], ["b", "c"])  # 90×90: the model sees all of it
+    assert crop_note(square, "soft") == crop_note(square, "hard") == ""
+    assert all("sat-crop" not in text for text in studio.legends("spotlight", False, square))
+    wide = fake_result(["a"], ["b", "c"])
+    wide.display = Image.new("RGB", (150, 90))
+    sides = "The model sees only the centre square (dashed); the sides are cut off."
+    assert crop_note(wide, "soft") == crop_note(wide, "hard") == sides
+    assert all(sides in text for text in studio.legends("heatmap", False, wide))
+    assert crop_note(wide, "soft", plain=True) == "The model sees only the centre square; the sides are cut off."
+    assert "the sides are cut off" in studio.legends("spotlight", True, wide)[0]  # the plain image too
+    tall = fake_result(["a"], ["b"])
+    tall.display = Image.new("RGB", (60, 90))
+    assert crop_note(tall, "hard").endswith("the top and bottom are cut off.")
+    wide.outputs["soft"].resize = "pad"  # padded: the model sees the whole photo
+    assert crop_note(wide, "soft") == "" and crop_note(wide, "hard") == sides
+    assert crop_note(None, "soft") == "" and "sat-crop" not in studio.legends("spotlight", False)[0]
 
 
 def test_overlay_settings_redraw_every_column(studio):
