@@ -25,6 +25,7 @@ import gradio as gr
 
 from sat.search import MAX_LENGTH_PENALTY
 
+from .components import Number, PhotoInput, Radio, Slider
 from .inference import DEFAULT_NO_REPEAT_NGRAM, MAX_LEN_LIMIT, MAX_NO_REPEAT_NGRAM, TITLES, trained_on
 from .ui import CHIP_JS, LINK_RULE, SCROLL_JS
 
@@ -38,21 +39,6 @@ INTRO = """# SAT Studio
 image the decoder attended to. Upload, paste or snap an image (or pick an example), then click a
 word to see where the model looked for it.
 """
-
-
-class PhotoInput(gr.Image):
-    """`gr.Image` (preview, upload, clipboard paste, webcam) that hands the handler the uploaded file
-    itself. NOTE: `gr.Image(type="filepath")` opens every upload with PIL first (a non-image is a
-    Gradio error, not our message) and re-encodes it when its mode differs from ``image_mode``;
-    here only pasted/webcam data URLs take Gradio's path, and `sat.image.load_image` decodes the
-    rest (16-bit, CMYK, EXIF rotation, …) exactly as training does."""
-
-    is_template = True  # NOTE: the front end is Image's own (get_block_name → "image")
-
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
 
 
 def _header(studio: "Studio") -> str:
@@ -94,17 +80,18 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                            label="Smoothing (Gaussian σ, in grid cells)")
                         link = gr.Checkbox(True, label=LINK_RULE, elem_id="link")
                     with gr.Accordion("Decoding", open=False):
-                        mode = gr.Radio(["beam", "greedy", "sample"], value="beam", label="Search",
+                        # NOTE: the API's inputs too: their own checks' errors are one log line (studio.components)
+                        mode = Radio(["beam", "greedy", "sample"], value="beam", label="Search",
                                         elem_id="mode")
-                        beam = gr.Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
-                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
+                        beam = Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
+                        temperature = Slider(0.1, 2.0, value=1.0, step=0.05,
                                                 label="Temperature (sampling)")
-                        max_len = gr.Slider(1, MAX_LEN_LIMIT, value=20, step=1,
+                        max_len = Slider(1, MAX_LEN_LIMIT, value=20, step=1,
                                             label="Max length (words)")
-                        length_penalty = gr.Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
+                        length_penalty = Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
                                                    label="Length penalty α (beam search; 0 = off)",
                                                    elem_id="length-penalty")
-                        no_repeat = gr.Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
+                        no_repeat = Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
                                               label="No repeated n-grams of n words (0 = off)", elem_id="no-repeat")
             for name, text in zip(names, descriptions):
                 slot = next(s for s in studio.slots if s.name == name)
@@ -201,7 +188,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
         api_btn.click(studio.api_caption, [upload, mode, beam, temperature, max_len, length_penalty, no_repeat],
                       api_json, api_name="caption", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY)
         steer_name = gr.Textbox(names[0], visible=False)  # NOTE: free text: a bad name gets our message
-        steer_word, steer_x, steer_y = gr.Number(1, visible=False), gr.Number(0, visible=False), gr.Number(0, visible=False)
+        steer_word, steer_x, steer_y = Number(1, visible=False), Number(0, visible=False), Number(0, visible=False)
         gr.Button(visible=False).click(studio.api_steer, [upload, steer_name, steer_word, steer_x, steer_y, *decoding],
                                        api_json, api_name="steer", concurrency_id="caption",
                                        concurrency_limit=CAPTION_CONCURRENCY)

@@ -36,6 +36,7 @@ from sat.captioner import Captioner
 from sat.image import ImageError
 from sat.paths import EXAMPLES, WEIGHTS
 
+from .components import api_error
 from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, StudioResult, _strip_name,
                         caption_upload, describe_slot, load_slot, log, render_overlay, safe_caption,
                         write_grid)
@@ -271,22 +272,23 @@ class Studio:
     def api_caption(self, path: str | None, mode: str, beam: float, temperature: float,
                     max_len: float, length_penalty: float = 0.0,
                     no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> dict[str, Any]:
-        """The `caption` API endpoint: both models' captions as JSON (errors → gr.Error). The two
-        decoding options come last, with the app's defaults, so 5-argument clients keep working."""
+        """The `caption` API endpoint: both models' captions as JSON (bad input → gr.Error and one log
+        line, `api_error`). The two decoding options come last, with the app's defaults, so
+        5-argument clients keep working."""
         if not path:
-            raise gr.Error("no image given")
+            raise api_error("/caption", "no image given")
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         try:
             return caption_upload(self.slots, path, opts).to_json()  # NOTE: checks opts first
         except ImageError as e:
             name = Path(path).name
-            raise gr.Error(f"can't read {name}: {_strip_name(str(e), name)}") from None
+            raise api_error("/caption", f"can't read {name}: {_strip_name(str(e), name)}") from None
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise api_error("/caption", str(e)) from None
         except Exception as e:  # noqa: BLE001 — never an error without a message ({"error": null})
-            log.exception("/caption failed")
-            raise gr.Error(f"captioning failed: {type(e).__name__}: {e}") from None
+            log.exception("/caption failed")  # NOTE: a bug, not bad input: the traceback is logged once
+            raise gr.Error(f"captioning failed: {type(e).__name__}: {e}", print_exception=False) from None
 
     def api_steer(self, path: str | None, name: str, word: float, x: float, y: float, mode: str,
                   beam: float, temperature: float, max_len: float, length_penalty: float = 0.0,
@@ -294,21 +296,19 @@ class Studio:
         """The `steer` API endpoint: model ``name``'s caption with word ``word`` (from 1) forced to
         look at pixel (x, y) of the image, in the /caption format (errors → gr.Error, one log line)."""
         if not path:
-            raise gr.Error("no image given")
+            raise api_error("/steer", "no image given")
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         try:
             return steer_upload(self.slots, path, name, word, x, y, opts).to_json()
         except ImageError as e:
             file = Path(path).name
-            log.warning("/steer: can't read %s: %s", file, e)
-            raise gr.Error(f"can't read {file}: {_strip_name(str(e), file)}") from None
+            raise api_error("/steer", f"can't read {file}: {_strip_name(str(e), file)}") from None
         except ValueError as e:
-            log.warning("/steer: %s", e)
-            raise gr.Error(str(e)) from None
+            raise api_error("/steer", str(e)) from None
         except Exception as e:  # noqa: BLE001
             log.exception("/steer failed")
-            raise gr.Error(f"steering failed: {type(e).__name__}: {e}") from None
+            raise gr.Error(f"steering failed: {type(e).__name__}: {e}", print_exception=False) from None
 
     def on_steer(self, name: str, point: Sequence[float] | None, result: StudioResult | None,
                  path: str | None, position: float, mode: str, beam: float, temperature: float,

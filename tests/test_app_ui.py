@@ -252,7 +252,7 @@ def test_photo_input_hands_over_the_uploaded_file_intact(tmp_path):
     from gradio.data_classes import ImageData
 
     from sat.image import load_image
-    from studio.layout import PhotoInput
+    from studio.components import PhotoInput
 
     comp = PhotoInput(type="filepath")
     assert comp.get_block_name() == "image"  # Gradio's own Image front end
@@ -271,3 +271,23 @@ def test_photo_input_hands_over_the_uploaded_file_intact(tmp_path):
     Image.new("RGB", (8, 6), (250, 10, 10)).save(buf, "PNG")
     pasted = comp.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
     assert load_image(pasted).size == (8, 6)
+
+
+def test_input_check_errors_are_one_log_line(caplog):
+    """Gradio prints a traceback for every gr.Error unless print_exception=False; the API's inputs
+    re-raise their own checks' errors that way, with one log line."""
+    from studio.components import Radio, Slider, api_error
+    slider = Slider(0, 5, label="Length penalty")
+    with caplog.at_level("WARNING", logger="sat.studio"):
+        with pytest.raises(gr.Error) as err:
+            slider.preprocess(7)
+        assert err.value.print_exception is False and "greater than maximum value 5" in str(err.value)
+        with pytest.raises(gr.Error) as err:
+            Radio(["beam", "greedy"], label="Search").preprocess("medium")
+        assert err.value.print_exception is False
+        assert slider.preprocess(2.5) == 2.5 and slider.get_block_name() == "slider"
+        e = api_error("/caption", "no image given")
+        assert isinstance(e, gr.Error) and e.print_exception is False
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and lines[0].startswith("input 'Length penalty': Value 7")
+    assert lines[1].startswith("input 'Search': ") and lines[2] == "/caption: no image given"
