@@ -361,13 +361,28 @@ def create_app(soft: Weights = WEIGHTS / "soft",
     return demo
 
 
+SHARE_HINT = "* For a public gradio.live link: python app.py --share"
+"""Printed at start-up instead of Gradio's "set `share=True` in `launch()`", which names code a user
+of `python app.py` does not write (the app's switch is its --share flag)."""
+
+
 def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           block: bool = True, quiet: bool = False) -> Any:
-    """Launch with the app's CSS and file rules (examples folder allowed, 50 MB uploads)."""
-    return demo.launch(server_name=host, server_port=port, share=share, css=CSS, quiet=quiet,
-                       allowed_paths=[str(EXAMPLES)], max_file_size="50mb",
-                       prevent_thread_lock=not block, show_error=False, ssr_mode=False,
-                       state_session_capacity=SESSIONS)
+    """Launch with the app's CSS and file rules (examples folder allowed, 50 MB uploads), print
+    where it runs (and, without ``share``, `SHARE_HINT`), then serve until stopped when ``block``."""
+    # NOTE: quiet=True silences Gradio's start-up lines (its share hint among them); the app prints
+    # its own. Gradio still prints the public URL itself when share is on.
+    launched = demo.launch(server_name=host, server_port=port, share=share, css=CSS, quiet=True,
+                           allowed_paths=[str(EXAMPLES)], max_file_size="50mb",
+                           prevent_thread_lock=True, show_error=False, ssr_mode=False,
+                           state_session_capacity=SESSIONS)
+    if not quiet:
+        print(f"* Running on local URL:  {demo.local_url}", flush=True)
+        if not share:
+            print(SHARE_HINT, flush=True)
+    if block:
+        demo.block_thread()
+    return launched
 
 
-__all__ = ["LINK_RULE", "Studio", "caption_chips", "create_app", "legend", "serve", "word_info"]
+__all__ = ["LINK_RULE", "SHARE_HINT", "Studio", "caption_chips", "create_app", "legend", "serve", "word_info"]

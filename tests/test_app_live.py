@@ -92,6 +92,18 @@ def test_bad_input_through_the_api_is_one_line_in_the_server_log(client, live_ro
 
 
 @pytest.mark.slow
+def test_startup_names_the_apps_share_flag_not_gradios_launch_argument(client, live_root):
+    """Gradio's "set `share=True` in `launch()`" hint is replaced by the app's --share flag."""
+    log = live_root / "app.log"
+    deadline = time.monotonic() + 10
+    while "--share" not in (out := log.read_text(errors="replace")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(r"^\* Running on local URL:  http://127\.0\.0\.1:\d+/?$", out, flags=re.M), out
+    assert "* For a public gradio.live link: python app.py --share" in out
+    assert "share=True" not in out and "launch()" not in out, out
+
+
+@pytest.mark.slow
 def test_caption_endpoint_takes_the_decoding_options_last(client):
     """5 arguments (older clients) get the app's defaults; the 6th and 7th are the length penalty
     and the no-repeat n-gram size (also by name); bad values are one clear error."""
