@@ -32,6 +32,10 @@ from .ui import CHIP_JS, LINK_RULE, SCROLL_JS
 if TYPE_CHECKING:  # pragma: no cover
     from .ui import Studio
 
+DELETE_CACHE = (900, 3600)
+"""Gradio's `delete_cache` (every, older than; seconds): uploads older than an hour are deleted every
+15 minutes. NOTE: uploads of the same bytes share one file (named by hash), so a file per request
+piles up only for distinct images, and at most an hour's worth."""
 CAPTION_CONCURRENCY = 1
 """Captions run one at a time: a caption already uses every core through torch's thread pool."""
 INTRO = """# SAT Studio
@@ -54,7 +58,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
     """Lay out the components and wire every event to ``studio``'s handlers."""
     names = studio.names
     cols: dict[str, dict[str, gr.components.Component]] = {}
-    with gr.Blocks(title="SAT Studio", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+    with gr.Blocks(title="SAT Studio", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         # NOTE: a result holds the display image (≈ 1 MB); Gradio drops it when the tab closes,
         # and the time limit covers tabs left open.
         state = gr.State(None, time_to_live=3600)
