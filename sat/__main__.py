@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 dest = dest.with_name(f"{dest.stem}_{index}{dest.suffix or '.png'}")
             save_attention_grid(image, out.tokens, out.attention, dest, probs=out.token_probs,
                                 resize=cap.config.resize, image_size=cap.config.image_size,
-                                crop_pct=cap.config.crop_pct)
+                                crop_pct=cap.config.crop_pct, hard=cap.config.attention == "hard")
     return 1 if failed else 0
 
 

@@ -259,6 +259,27 @@ def draw_box(image: Image.Image, box: tuple[int, int, int, int] | None, *, colou
     return out
 
 
+def attention_panel(image: Image.Image, alpha: np.ndarray, *, resize: str = "crop", image_size: int = 224,
+                    crop_pct: float = 1.0, sigma: float | None = None, smooth: float = DEFAULT_SMOOTH,
+                    opacity: float = 0.6, cmap: str = "jet", style: str = "heatmap",
+                    hard: bool = False) -> Image.Image:
+    """``image`` under one (h, w) attention map, as the app shows it: `overlay` of the upsampled map,
+    the square the model saw outlined dashed when it is not the whole photo, and with ``hard`` the
+    cell a hard-attention model read (argmax α, the one it uses at test time) outlined solid."""
+    a = np.asarray(alpha)
+    size = image.size
+    geometry = dict(resize=resize, image_size=image_size, crop_pct=crop_pct)
+    m = upsample_attention(a, size=size, sigma=sigma, smooth=smooth, **geometry)
+    img = overlay(image, m, opacity=opacity, cmap=cmap, style=style)
+    seen = square_box(size, **geometry)
+    if seen is not None and seen != (0, 0, *size):
+        img = draw_box(img, seen, width=2, dash=6)
+    if hard:
+        cell = np.unravel_index(int(np.argmax(a)), a.shape)
+        img = draw_box(img, square_box(size, cell=cell, grid=a.shape, **geometry), width=3)
+    return img
+
+
 def _tokens_for(tokens: Sequence[str], n_maps: int) -> list[str]:
     toks = list(tokens)
     if len(toks) == n_maps - 1:  # words given without the final <end>
@@ -268,20 +289,10 @@ def _tokens_for(tokens: Sequence[str], n_maps: int) -> list[str]:
     return toks
 
 
-def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndarray, *,
-                   probs: Sequence[float] | None = None, cols: int | None = None,
-                   resize: str = "crop", image_size: int = 224, sigma: float | None = None,
-                   smooth: float = DEFAULT_SMOOTH, opacity: float = 0.6, cmap: str = "jet",
-                   panel_inches: float = 2.2, max_side: int = 320, crop_pct: float = 1.0,
-                   style: str = "heatmap") -> "Figure":
-    """A matplotlib Figure: the photo, then one overlay panel per token (``<end>`` included).
-
-    ``tokens`` are the caption's tokens (or its words; "<end>" is appended when there is one more
-    map than words). Each panel's title is the token, with its probability when ``probs`` is given.
-    Panels wrap into rows of ``cols`` (default: up to 5), so long captions stay readable; only the
-    T + 1 used panels get axes. The photo is shrunk to ``max_side`` pixels first (display only).
-    ``style`` is `overlay`'s ("heatmap" or "spotlight").
-    """
+def _grid_panels(image: Image.Image, tokens: Sequence[str], attention: np.ndarray, *,
+                 probs: Sequence[float] | None, cols: int | None, max_side: int, **panel
+                 ) -> tuple[list[Image.Image], list[str], int]:
+    """([the photo, one `attention_panel` per token], their titles, columns) for the grids below."""
     att = np.asarray(attention)
     if att.ndim != 3 or att.shape[0] == 0:
         raise ValueError(f"attention must be (T, h, w) with T >= 1, got shape {att.shape}")
@@ -292,51 +303,93 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndar
     cols = min(5, n) if cols is None else cols
     if cols < 1:
         raise ValueError(f"cols must be >= 1, got {cols}")
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-
     img = image.convert("RGB")
     if max(img.size) > max_side:
         # NOTE: the crop/pad geometry depends only on the aspect ratio, so a thumbnail is mapped
         # the same way as the full photo (up to one pixel of rounding) and is much cheaper.
         img = img.copy()
         img.thumbnail((max_side, max_side), Image.BICUBIC)
+    panels = [img] + [attention_panel(img, a, **panel) for a in att]
+    # NOTE: a percentage, as in the app ("the model's probability for this word, given the image
+    # and the words before it")
+    titles = ["image"] + [t if probs is None else f"{t} {float(p):.0%}" for t, p in
+                          zip(toks, probs if probs is not None else toks)]
+    return panels, titles, min(cols, n)
 
+
+def attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndarray, *,
+                   probs: Sequence[float] | None = None, cols: int | None = None,
+                   panel_inches: float = 2.2, max_side: int = 320, **panel) -> "Figure":
+    """A matplotlib Figure (for notebooks): the photo, then one `attention_panel` per token
+    (``<end>`` included); the same panels as `attention_grid_image`.
+
+    ``tokens`` are the caption's tokens (or its words; "<end>" is appended when there is one more
+    map than words). Each panel's title is the token, with its probability (a percentage) when
+    ``probs`` is given. Panels wrap into rows of ``cols`` (default: up to 5); only the T + 1 used
+    panels get axes. The photo is shrunk to ``max_side`` pixels first (display only). ``panel``:
+    `attention_panel`'s options (resize, image_size, crop_pct, sigma, smooth, opacity, cmap, style, hard).
+    """
+    panels, titles, cols = _grid_panels(image, tokens, attention, probs=probs, cols=cols,
+                                        max_side=max_side, **panel)
+    rows = math.ceil(len(panels) / cols)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    aspect = img.height / img.width
+    aspect = panels[0].height / panels[0].width
     fig = Figure(figsize=(cols * panel_inches, rows * (panel_inches * aspect + 0.4)))
     FigureCanvasAgg(fig)
-    for i in range(n):
+    for i, (img, title) in enumerate(zip(panels, titles)):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.set_axis_off()
-        if i == 0:
-            ax.imshow(img)
-            ax.set_title("image", fontsize=10)
-            continue
-        m = upsample_attention(att[i - 1], size=img.size, resize=resize, image_size=image_size,
-                               sigma=sigma, smooth=smooth, crop_pct=crop_pct)
-        ax.imshow(overlay(img, m, opacity=opacity, cmap=cmap, style=style))
-        title = toks[i - 1] if probs is None else f"{toks[i - 1]} ({float(probs[i - 1]):.2f})"
+        ax.imshow(img)
         ax.set_title(title, fontsize=10)
     fig.tight_layout(pad=0.4)
     return fig
 
 
+GRID_PAD = 6
+"""Pixels between the panels of `attention_grid_image` (and around them)."""
+
+
+def attention_grid_image(image: Image.Image, tokens: Sequence[str], attention: np.ndarray, *,
+                         probs: Sequence[float] | None = None, cols: int | None = None,
+                         max_side: int = 240, font_size: int = 14, **panel) -> Image.Image:
+    """The attention grid as one RGB image: the photo, then one `attention_panel` per token, each
+    titled with its token (and probability), in rows of ``cols`` (default up to 5); options as for
+    `attention_grid`. NOTE: composed with PIL, not matplotlib: ≈ 10 ms a panel instead of ≈ 100,
+    so the app can write it with the caption itself."""
+    from PIL import ImageDraw, ImageFont
+
+    panels, titles, cols = _grid_panels(image, tokens, attention, probs=probs, cols=cols,
+                                        max_side=max_side, **panel)
+    rows = math.ceil(len(panels) / cols)
+    w, h = panels[0].size
+    font = ImageFont.load_default(size=font_size)
+    head = font_size + 8
+    out = Image.new("RGB", (GRID_PAD + cols * (w + GRID_PAD), GRID_PAD + rows * (h + head + GRID_PAD)),
+                    (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for i, (img, title) in enumerate(zip(panels, titles)):
+        x = GRID_PAD + (i % cols) * (w + GRID_PAD)
+        y = GRID_PAD + (i // cols) * (h + head + GRID_PAD)
+        draw.text((x + w / 2, y + head / 2), title, fill=(0, 0, 0), font=font, anchor="mm")
+        out.paste(img, (x, y + head))
+    return out
+
+
 def attention_grid_png(image: Image.Image, tokens: Sequence[str], attention: np.ndarray,
-                       *, dpi: int = 100, **options) -> bytes:
-    """`attention_grid` rendered to PNG bytes (options as for `attention_grid`)."""
-    fig = attention_grid(image, tokens, attention, **options)
+                       **options) -> bytes:
+    """`attention_grid_image` as PNG bytes (options as for `attention_grid_image`)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    # NOTE: compress_level 3: about as small as the default 6 on these images, several times faster
+    attention_grid_image(image, tokens, attention, **options).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
 def save_attention_grid(image: Image.Image, tokens: Sequence[str], attention: np.ndarray,
-                        path: str | Path, *, dpi: int = 100, **options) -> Path:
-    """Write `attention_grid` as a PNG file (parent folders created); returns the path."""
+                        path: str | Path, **options) -> Path:
+    """Write `attention_grid_image` as a PNG file (parent folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(attention_grid_png(image, tokens, attention, dpi=dpi, **options))
+    path.write_bytes(attention_grid_png(image, tokens, attention, **options))
     return path

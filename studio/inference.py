@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -25,7 +24,7 @@ from sat.captioner import Caption, Captioner
 from sat.image import ImageError, load_image
 from sat.paths import REPO
 from sat.search import MAX_LENGTH_PENALTY
-from sat.viz import DEFAULT_SMOOTH, draw_box, overlay, save_attention_grid, square_box, upsample_attention
+from sat.viz import DEFAULT_SMOOTH, attention_panel, save_attention_grid
 from sat.weights import WeightsError
 
 log = logging.getLogger("sat.studio")
@@ -314,17 +313,9 @@ def render_overlay(result: StudioResult, name: str, index: int, *, opacity: floa
     out = result.outputs[name]
     att = out.caption.attention
     i = min(max(int(index), 0), att.shape[0] - 1)
-    size = result.display.size
-    geometry = dict(resize=out.resize, image_size=out.image_size, crop_pct=out.crop_pct)
-    m = upsample_attention(att[i], size=size, smooth=max(float(smooth), 0.0), **geometry)
-    img = overlay(result.display, m, opacity=min(max(float(opacity), 0.0), 1.0), style=style)
-    seen = square_box(size, **geometry)
-    if seen is not None and seen != (0, 0, *size):
-        img = draw_box(img, seen, width=2, dash=6)
-    if out.hard:
-        cell = np.unravel_index(int(np.argmax(att[i])), att.shape[1:])
-        img = draw_box(img, square_box(size, cell=cell, grid=att.shape[1:], **geometry), width=3)
-    return img
+    return attention_panel(result.display, att[i], resize=out.resize, image_size=out.image_size,
+                           crop_pct=out.crop_pct, smooth=max(float(smooth), 0.0),
+                           opacity=min(max(float(opacity), 0.0), 1.0), style=style, hard=out.hard)
 
 
 def write_grid(result: StudioResult, name: str, folder: str | Path, *, opacity: float = 0.6,
@@ -336,4 +327,4 @@ def write_grid(result: StudioResult, name: str, folder: str | Path, *, opacity: 
     return save_attention_grid(result.display, out.caption.tokens, out.caption.attention, path,
                                probs=out.caption.token_probs, resize=out.resize,
                                image_size=out.image_size, smooth=max(float(smooth), 0.0), crop_pct=out.crop_pct,
-                               opacity=min(max(float(opacity), 0.0), 1.0), style=style)
+                               opacity=min(max(float(opacity), 0.0), 1.0), style=style, hard=out.hard)

@@ -1,10 +1,12 @@
 """The app's components and event wiring (`build`); the handlers live in `studio.ui.Studio`.
 
-Events (all queued; captions share one concurrency group of size 1 and the grid PNGs (matplotlib,
-≈ 1 s each) another, so a grid never holds up a caption on a 2-core machine; redraws run alongside):
+Events (all queued; captions share one concurrency group of size 1, rewriting the grid PNGs after a
+settings change another; redraws run alongside):
 
 - upload change (an upload, a paste, a webcam shot, a picked example) and the Caption button →
-  caption with both models, then write both attention-grid PNGs for the download buttons;
+  caption with both models, and in the same event both attention-grid PNGs for the download
+  buttons (PIL, ≈ 10 ms a word: the download works as soon as the caption shows) and the legends
+  with the photo's crop note ("the sides are cut off", `studio.notices.crop_note`);
 - a word slider's `input` (user moves only) or a click on a word chip → redraw that column, and
   the other when linked (same word number, clamped to its caption: `studio.ui.LINK_RULE`);
 - overlay settings (style, plain image, opacity, smoothing) → redraw both overlays (and the
@@ -23,12 +25,17 @@ import gradio as gr
 
 from sat.search import MAX_LENGTH_PENALTY
 
+from .components import Number, PhotoInput, Radio, Slider
 from .inference import DEFAULT_NO_REPEAT_NGRAM, MAX_LEN_LIMIT, MAX_NO_REPEAT_NGRAM, TITLES, trained_on
 from .ui import CHIP_JS, LINK_RULE, SCROLL_JS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ui import Studio
 
+DELETE_CACHE = (900, 3600)
+"""Gradio's `delete_cache` (every, older than; seconds): uploads older than an hour are deleted every
+15 minutes. NOTE: uploads of the same bytes share one file (named by hash), so a file per request
+piles up only for distinct images, and at most an hour's worth."""
 CAPTION_CONCURRENCY = 1
 """Captions run one at a time: a caption already uses every core through torch's thread pool."""
 INTRO = """# SAT Studio
@@ -36,21 +43,6 @@ INTRO = """# SAT Studio
 image the decoder attended to. Upload, paste or snap an image (or pick an example), then click a
 word to see where the model looked for it.
 """
-
-
-class PhotoInput(gr.Image):
-    """`gr.Image` (preview, upload, clipboard paste, webcam) that hands the handler the uploaded file
-    itself. NOTE: `gr.Image(type="filepath")` opens every upload with PIL first (a non-image is a
-    Gradio error, not our message) and re-encodes it when its mode differs from ``image_mode``;
-    here only pasted/webcam data URLs take Gradio's path, and `sat.image.load_image` decodes the
-    rest (16-bit, CMYK, EXIF rotation, …) exactly as training does."""
-
-    is_template = True  # NOTE: the front end is Image's own (get_block_name → "image")
-
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
 
 
 def _header(studio: "Studio") -> str:
@@ -66,7 +58,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
     """Lay out the components and wire every event to ``studio``'s handlers."""
     names = studio.names
     cols: dict[str, dict[str, gr.components.Component]] = {}
-    with gr.Blocks(title="SAT Studio", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+    with gr.Blocks(title="SAT Studio", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         # NOTE: a result holds the display image (≈ 1 MB); Gradio drops it when the tab closes,
         # and the time limit covers tabs left open.
         state = gr.State(None, time_to_live=3600)
@@ -92,17 +84,18 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                            label="Smoothing (Gaussian σ, in grid cells)")
                         link = gr.Checkbox(True, label=LINK_RULE, elem_id="link")
                     with gr.Accordion("Decoding", open=False):
-                        mode = gr.Radio(["beam", "greedy", "sample"], value="beam", label="Search",
+                        # NOTE: the API's inputs too: their own checks' errors are one log line (studio.components)
+                        mode = Radio(["beam", "greedy", "sample"], value="beam", label="Search",
                                         elem_id="mode")
-                        beam = gr.Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
-                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
+                        beam = Slider(1, 10, value=3, step=1, label="Beam size (beam search)")
+                        temperature = Slider(0.1, 2.0, value=1.0, step=0.05,
                                                 label="Temperature (sampling)")
-                        max_len = gr.Slider(1, MAX_LEN_LIMIT, value=20, step=1,
+                        max_len = Slider(1, MAX_LEN_LIMIT, value=20, step=1,
                                             label="Max length (words)")
-                        length_penalty = gr.Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
+                        length_penalty = Slider(0.0, MAX_LENGTH_PENALTY, value=0.0, step=0.1,
                                                    label="Length penalty α (beam search; 0 = off)",
                                                    elem_id="length-penalty")
-                        no_repeat = gr.Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
+                        no_repeat = Slider(0, MAX_NO_REPEAT_NGRAM, value=DEFAULT_NO_REPEAT_NGRAM, step=1,
                                               label="No repeated n-grams of n words (0 = off)", elem_id="no-repeat")
             for name, text in zip(names, descriptions):
                 slot = next(s for s in studio.slots if s.name == name)
@@ -142,12 +135,10 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
         caption_outputs: list[gr.components.Component] = [state, status]
         for n in names:
             caption_outputs += [cols[n][k] for k in ("chips", "overlay", "slider", "word", "grid")]
+        caption_outputs += [cols[n]["legend"] for n in names]
         gr.on([upload.change, caption_btn.click], studio.on_caption, caption_inputs, caption_outputs,
               api_visibility="private", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY,
-              trigger_mode="always_last").then(
-            None, js=SCROLL_JS, api_visibility="private").then(
-            studio.on_grids, [state, opacity, smooth, style], grids, api_visibility="private",
-            show_progress="minimal", concurrency_id="grids", concurrency_limit=1)
+              trigger_mode="always_last").then(None, js=SCROLL_JS, api_visibility="private")
 
         scrub_outputs = [cols[n][k] for n in names for k in ("chips", "overlay", "slider", "word")]
         for name in names:
@@ -169,7 +160,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                       show_progress="hidden")
 
         def redraw(result, op, sm, st, pl, *positions):
-            return [*studio.on_overlay_settings(result, positions, op, sm, st, pl), *studio.legends(st, pl)]
+            return [*studio.on_overlay_settings(result, positions, op, sm, st, pl), *studio.legends(st, pl, result)]
 
         gr.on([opacity.change, smooth.change, style.change, plain.change], redraw, [state, *view, *sliders],
               [cols[n]["overlay"] for n in names] + [cols[n]["legend"] for n in names],
@@ -201,7 +192,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
         api_btn.click(studio.api_caption, [upload, mode, beam, temperature, max_len, length_penalty, no_repeat],
                       api_json, api_name="caption", concurrency_id="caption", concurrency_limit=CAPTION_CONCURRENCY)
         steer_name = gr.Textbox(names[0], visible=False)  # NOTE: free text: a bad name gets our message
-        steer_word, steer_x, steer_y = gr.Number(1, visible=False), gr.Number(0, visible=False), gr.Number(0, visible=False)
+        steer_word, steer_x, steer_y = Number(1, visible=False), Number(0, visible=False), Number(0, visible=False)
         gr.Button(visible=False).click(studio.api_steer, [upload, steer_name, steer_word, steer_x, steer_y, *decoding],
                                        api_json, api_name="steer", concurrency_id="caption",
                                        concurrency_limit=CAPTION_CONCURRENCY)

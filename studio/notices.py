@@ -1,5 +1,6 @@
-"""Per-column notes above the caption: is this image like the model's training images (`sat.ood`),
-and what the encoder's own ImageNet classifier sees (`sat.labels`).
+"""Per-column notes about this image: above the caption, is it like the model's training images
+(`sat.ood`) and what the encoder's own ImageNet classifier sees (`sat.labels`); under the overlay,
+which part of a non-square photo the model sees (`crop_note`).
 
     notices_html(result, "soft")
     # ⚠️ This image is unlike the synthetic scenes this model was trained on: the caption is unreliable.
@@ -8,6 +9,8 @@ and what the encoder's own ImageNet classifier sees (`sat.labels`).
 from __future__ import annotations
 
 import html
+
+from sat.viz import square_box
 
 from .inference import StudioResult
 
@@ -56,3 +59,21 @@ def notices_html(result: StudioResult | None, name: str) -> str:
     if result is None or name not in result.outputs:
         return ""
     return ood_notice(result, name) + sees_line(result, name)
+
+
+def crop_note(result: StudioResult | None, name: str, *, plain: bool = False) -> str:
+    """"The model sees only the centre square (dashed); the sides are cut off." when model ``name``
+    sees only part of this photo (a centre crop of a non-square photo; ``plain``: no dashed box is
+    drawn, so none is mentioned), else "" (a square photo, a padded model, no caption)."""
+    if result is None or name not in result.outputs:
+        return ""
+    out = result.outputs[name]
+    W, H = result.display.size
+    # NOTE: the same test as the dashed box of `sat.viz.attention_panel`: the note and the box agree
+    box = square_box((W, H), resize=out.resize, image_size=out.image_size, crop_pct=out.crop_pct)
+    if box is None or box == (0, 0, W, H):
+        return ""
+    x0, y0, x1, y1 = box
+    sides, ends = x0 > 0 or x1 < W, y0 > 0 or y1 < H
+    cut = "the sides are" if sides and not ends else "the top and bottom are" if ends and not sides else "the edges are"
+    return f"The model sees only the centre square{'' if plain else ' (dashed)'}; {cut} cut off."

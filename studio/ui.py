@@ -36,11 +36,12 @@ from sat.captioner import Captioner
 from sat.image import ImageError
 from sat.paths import EXAMPLES, WEIGHTS
 
+from .components import api_error
 from .inference import (DEFAULT_NO_REPEAT_NGRAM, DecodeOptions, ModelSlot, StudioResult, _strip_name,
                         caption_upload, describe_slot, load_slot, log, render_overlay, safe_caption,
                         write_grid)
 from .steering import display_to_image, steer_html, steer_upload
-from .notices import notices_html
+from .notices import crop_note, notices_html
 
 NAMES = ("soft", "hard")
 CSS = """
@@ -153,19 +154,20 @@ def word_info(result: StudioResult | None, name: str, index: int) -> str:
     return f"Word {i + 1} of {len(cap.tokens)}: {shown} · {cap.token_probs[i]:.0%}  \n<small>{PROB_HELP}</small>"
 
 
-def legend(style: str, plain: bool, *, hard: bool) -> str:
-    """One line under an overlay saying how to read it."""
+def legend(style: str, plain: bool, *, hard: bool, crop: str = "") -> str:
+    """The lines under an overlay saying how to read it; ``crop``: this photo's `crop_note` (first,
+    on its own line), "" for a square photo."""
+    note = f'<div class="sat-crop">{html.escape(crop)}</div>' if crop else ""
     if plain:
-        return '<div class="sat-legend">The plain image (untick "Show the plain image" for the attention).</div>'
+        return f'<div class="sat-legend">{note}The plain image (untick "Show the plain image" for the attention).</div>'
     if style == "heatmap":
         text = 'Attention α: low<span class="sat-bar"></span>high (scaled per word).'
     else:
         text = "Bright: where the model looked for this word; dimmed: what it ignored."
-    text += " A dashed box, when shown, is the square the model saw."
     if hard:
         text += " Solid box: the one cell hard attention read (argmax α)."
     text += " Click the picture to see what the selected word becomes if the model looks there."
-    return f'<div class="sat-legend">{text}</div>'
+    return f'<div class="sat-legend">{note}{text}</div>'
 
 
 class Studio:
@@ -192,7 +194,8 @@ class Studio:
                    max_len: float, opacity: float, smooth: float, length_penalty: float = 0.0,
                    no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM, style: str = "spotlight",
                    plain: bool = False) -> list[Any]:
-        """Upload / example / Caption button → state, status and every column (word 1)."""
+        """Upload / example / Caption button → state, status, every column (chips, overlay, slider,
+        word, grid; word 1), then every column's legend."""
         # NOTE: raw values: DecodeOptions.checked parses them inside safe_caption's error handling
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -209,22 +212,26 @@ class Studio:
             slider = gr.Slider(minimum=1, maximum=max(n, 2), value=1, step=1, interactive=n > 1,
                                label=f"Word (1–{n})" if n else "Word")
             outs += self._column(result, name, 0, opacity, smooth, slider=slider, style=style, plain=plain)
-            outs.append(gr.DownloadButton(value=None, interactive=False))
-        return outs
+            # NOTE: the grid comes with the caption (≈ 10 ms a word, `sat.viz.attention_grid_image`):
+            # its download works as soon as the caption shows
+            outs.append(self._grid_button(result, name, opacity, smooth, style))
+        # NOTE: the legends last (after the columns), each with this photo's crop note
+        return outs + self.legends(style, plain, result)
+
+    def _grid_button(self, result: StudioResult | None, name: str, opacity: float, smooth: float,
+                     style: str) -> Any:
+        """Model ``name``'s download button, holding its freshly written attention grid PNG."""
+        if result is None or name not in result.outputs:
+            return gr.DownloadButton(value=None, interactive=False)
+        self._prune_grids()
+        folder = self.grid_dir / uuid.uuid4().hex[:12]
+        path = write_grid(result, name, folder, opacity=opacity, smooth=smooth, style=style)
+        return gr.DownloadButton(value=str(path), interactive=True)
 
     def on_grids(self, result: StudioResult | None, opacity: float, smooth: float,
                  style: str = "heatmap") -> list[Any]:
-        """After a caption (or an overlay setting change): write each model's attention grid PNG."""
-        self._prune_grids()
-        outs: list[Any] = []
-        for name in self.names:
-            if result is None or name not in result.outputs:
-                outs.append(gr.DownloadButton(value=None, interactive=False))
-                continue
-            folder = self.grid_dir / uuid.uuid4().hex[:12]
-            path = write_grid(result, name, folder, opacity=opacity, smooth=smooth, style=style)
-            outs.append(gr.DownloadButton(value=str(path), interactive=True))
-        return outs
+        """An overlay setting changed: rewrite each model's attention grid PNG in the new style."""
+        return [self._grid_button(result, name, opacity, smooth, style) for name in self.names]
 
     def on_scrub(self, moved: str, result: StudioResult | None, positions: Sequence[float],
                  link: bool, opacity: float, smooth: float, style: str = "spotlight",
@@ -257,28 +264,31 @@ class Studio:
                                        style=style, plain=plain))
         return outs
 
-    def legends(self, style: str, plain: bool) -> list[str]:
-        return [legend(style, plain, hard=self.hard[n]) for n in self.names]
+    def legends(self, style: str, plain: bool, result: StudioResult | None = None) -> list[str]:
+        """Every column's legend, with the photo's `crop_note` when ``result`` is given."""
+        return [legend(style, plain, hard=self.hard[n], crop=crop_note(result, n, plain=plain))
+                for n in self.names]
 
     def api_caption(self, path: str | None, mode: str, beam: float, temperature: float,
                     max_len: float, length_penalty: float = 0.0,
                     no_repeat_ngram_size: float = DEFAULT_NO_REPEAT_NGRAM) -> dict[str, Any]:
-        """The `caption` API endpoint: both models' captions as JSON (errors → gr.Error). The two
-        decoding options come last, with the app's defaults, so 5-argument clients keep working."""
+        """The `caption` API endpoint: both models' captions as JSON (bad input → gr.Error and one log
+        line, `api_error`). The two decoding options come last, with the app's defaults, so
+        5-argument clients keep working."""
         if not path:
-            raise gr.Error("no image given")
+            raise api_error("/caption", "no image given")
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         try:
             return caption_upload(self.slots, path, opts).to_json()  # NOTE: checks opts first
         except ImageError as e:
             name = Path(path).name
-            raise gr.Error(f"can't read {name}: {_strip_name(str(e), name)}") from None
+            raise api_error("/caption", f"can't read {name}: {_strip_name(str(e), name)}") from None
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise api_error("/caption", str(e)) from None
         except Exception as e:  # noqa: BLE001 — never an error without a message ({"error": null})
-            log.exception("/caption failed")
-            raise gr.Error(f"captioning failed: {type(e).__name__}: {e}") from None
+            log.exception("/caption failed")  # NOTE: a bug, not bad input: the traceback is logged once
+            raise gr.Error(f"captioning failed: {type(e).__name__}: {e}", print_exception=False) from None
 
     def api_steer(self, path: str | None, name: str, word: float, x: float, y: float, mode: str,
                   beam: float, temperature: float, max_len: float, length_penalty: float = 0.0,
@@ -286,21 +296,19 @@ class Studio:
         """The `steer` API endpoint: model ``name``'s caption with word ``word`` (from 1) forced to
         look at pixel (x, y) of the image, in the /caption format (errors → gr.Error, one log line)."""
         if not path:
-            raise gr.Error("no image given")
+            raise api_error("/steer", "no image given")
         opts = DecodeOptions(mode=mode, beam_size=beam, temperature=temperature, max_len=max_len,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         try:
             return steer_upload(self.slots, path, name, word, x, y, opts).to_json()
         except ImageError as e:
             file = Path(path).name
-            log.warning("/steer: can't read %s: %s", file, e)
-            raise gr.Error(f"can't read {file}: {_strip_name(str(e), file)}") from None
+            raise api_error("/steer", f"can't read {file}: {_strip_name(str(e), file)}") from None
         except ValueError as e:
-            log.warning("/steer: %s", e)
-            raise gr.Error(str(e)) from None
+            raise api_error("/steer", str(e)) from None
         except Exception as e:  # noqa: BLE001
             log.exception("/steer failed")
-            raise gr.Error(f"steering failed: {type(e).__name__}: {e}") from None
+            raise gr.Error(f"steering failed: {type(e).__name__}: {e}", print_exception=False) from None
 
     def on_steer(self, name: str, point: Sequence[float] | None, result: StudioResult | None,
                  path: str | None, position: float, mode: str, beam: float, temperature: float,
@@ -353,13 +361,28 @@ def create_app(soft: Weights = WEIGHTS / "soft",
     return demo
 
 
+SHARE_HINT = "* For a public gradio.live link: python app.py --share"
+"""Printed at start-up instead of Gradio's "set `share=True` in `launch()`", which names code a user
+of `python app.py` does not write (the app's switch is its --share flag)."""
+
+
 def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           block: bool = True, quiet: bool = False) -> Any:
-    """Launch with the app's CSS and file rules (examples folder allowed, 50 MB uploads)."""
-    return demo.launch(server_name=host, server_port=port, share=share, css=CSS, quiet=quiet,
-                       allowed_paths=[str(EXAMPLES)], max_file_size="50mb",
-                       prevent_thread_lock=not block, show_error=False, ssr_mode=False,
-                       state_session_capacity=SESSIONS)
+    """Launch with the app's CSS and file rules (examples folder allowed, 50 MB uploads), print
+    where it runs (and, without ``share``, `SHARE_HINT`), then serve until stopped when ``block``."""
+    # NOTE: quiet=True silences Gradio's start-up lines (its share hint among them); the app prints
+    # its own. Gradio still prints the public URL itself when share is on.
+    launched = demo.launch(server_name=host, server_port=port, share=share, css=CSS, quiet=True,
+                           allowed_paths=[str(EXAMPLES)], max_file_size="50mb",
+                           prevent_thread_lock=True, show_error=False, ssr_mode=False,
+                           state_session_capacity=SESSIONS)
+    if not quiet:
+        print(f"* Running on local URL:  {demo.local_url}", flush=True)
+        if not share:
+            print(SHARE_HINT, flush=True)
+    if block:
+        demo.block_thread()
+    return launched
 
 
-__all__ = ["LINK_RULE", "Studio", "caption_chips", "create_app", "legend", "serve", "word_info"]
+__all__ = ["LINK_RULE", "SHARE_HINT", "Studio", "caption_chips", "create_app", "legend", "serve", "word_info"]

@@ -3,7 +3,8 @@
 Used by tests/test_app_live.py and tests/test_app_browser.py, and on its own to regenerate the
 README's picture:
 
-    python -m tests.app_harness [--soft DIR] [--hard DIR] [--example FILE] [--out assets/screenshot.png]
+    python -m tests.app_harness [--soft DIR] [--hard DIR] [--example FILE] [--word K]
+                                [--out assets/screenshot.png] [--strip assets/scrub_strip.png]
 
 The browser is Debian's /usr/bin/chromium; Playwright never downloads one (`.ci/run` installs the
 Debian package when it is missing).
@@ -93,22 +94,80 @@ def step_word(page: "Page", name: str, presses: int = 1) -> str:
 
 # ----------------------------------------------------------------------------- the README picture
 
-def make_screenshot(out: Path, *, soft: Path, hard: Path, example: Path, word: int = 3) -> Path:
-    """Caption ``example``, click the soft column's word ``word`` and save the page as a PNG."""
+def select_word(page: "Page", name: str, k: int) -> None:
+    """Click word ``k`` (from 1) of a column's caption and wait for its overlay to be redrawn."""
+    before = overlay_src(page, name)
+    chip = page.locator(f"#{name}-caption .sat-chip").nth(k - 1)
+    if "sat-current" in (chip.get_attribute("class") or ""):
+        return  # NOTE: already selected: nothing is redrawn
+    chip.click()
+    page.wait_for_function("([n, k]) => document.querySelector(`#${n}-word`).innerText.startsWith(`Word ${k} `)",
+                           arg=[name, k], timeout=UI_TIMEOUT_MS)
+    page.wait_for_function("([n, s]) => document.querySelector(`#${n}-overlay img`).src !== s",
+                           arg=[name, before], timeout=UI_TIMEOUT_MS)
+    wait_idle(page)
+    page.wait_for_timeout(300)  # NOTE: let the new image load and its fade finish
+
+
+def scrub_frames(page: "Page", name: str, words: list[int], *, scale: float = 0.55) -> "Image.Image":
+    """One frame per word in ``words`` (from 1): the column's caption (the word highlighted) and its
+    overlay, side by side in one image, each scaled by ``scale``."""
+    import io
+
+    from PIL import Image
+
+    frames = []
+    for k in words:
+        select_word(page, name, k)
+        top = page.locator(f"#{name}-caption .sat-caption").bounding_box()  # the chips, not the notes above
+        img = page.locator(f"#{name}-overlay").bounding_box()
+        assert top and img
+        clip = {"x": img["x"], "y": top["y"], "width": img["width"], "height": img["y"] + img["height"] - top["y"]}
+        frame = Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")
+        frames.append(frame.resize((round(frame.width * scale), round(frame.height * scale)), Image.LANCZOS))
+    gap = 8
+    strip = Image.new("RGB", (sum(f.width for f in frames) + gap * (len(frames) - 1), frames[0].height), "white")
+    x = 0
+    for f in frames:
+        strip.paste(f, (x, 0))
+        x += f.width + gap
+    return strip
+
+
+def set_no_repeat(page: "Page", n: int) -> None:
+    """Set the Decoding panel's "No repeated n-grams" to ``n``, then fold the panel again."""
+    page.get_by_text("Decoding", exact=True).click()
+    box = page.locator("#no-repeat input[type=number]")
+    box.fill(str(n))
+    box.press("Enter")
+    page.wait_for_function("n => document.querySelector('#no-repeat input[type=range]').value === String(n)",
+                           arg=n, timeout=UI_TIMEOUT_MS)
+    page.get_by_text("Decoding", exact=True).click()
+
+
+def make_screenshot(out: Path, *, soft: Path, hard: Path, example: Path, word: int = 3,
+                    strip: Path | None = None, strip_words: tuple[int, ...] = (3, 4, 11, 12),
+                    no_repeat: int | None = None) -> Path:
+    """Caption ``example`` (with ``no_repeat`` as the no-repeated-n-gram size when given), click the
+    soft column's word ``word`` and save the page as a PNG; with ``strip``, also the soft column at
+    each of ``strip_words`` side by side (scrubbing through words)."""
     from PIL import Image
 
     raw = out.with_suffix(".raw.png")
     with running_app("--soft", str(soft), "--hard", str(hard)) as url:
-        with open_page(url, width=1400, height=1050) as page:
+        with open_page(url, width=1400, height=1000) as page:
+            if no_repeat is not None:
+                set_no_repeat(page, no_repeat)
             upload(page, str(example))
             wait_for_captions(page)
+            page.wait_for_selector("#soft-grid:not([disabled])")  # the grids come with the caption
             n = page.locator("#soft-caption .sat-chip").count()
+            if strip is not None:
+                scrub_frames(page, "soft", [k for k in strip_words if k <= n]).save(strip, optimize=True)
             if n > 1:
-                k = min(word, n)
-                page.locator("#soft-caption .sat-chip").nth(k - 1).click()
-                page.wait_for_function("k => document.querySelector('#soft-word').innerText.startsWith(`Word ${k} `)",
-                                       arg=k, timeout=UI_TIMEOUT_MS)
-            page.wait_for_selector("#soft-grid:not([disabled])")  # the grids are written too
+                select_word(page, "soft", min(word, n))
+            page.mouse.move(0, 0)  # NOTE: no hover outline on a chip
+            page.evaluate("() => window.scrollTo(0, 0)")  # NOTE: the clicks above may have scrolled
             wait_idle(page)
             page.wait_for_timeout(500)  # NOTE: let the last images load and fades finish
             page.screenshot(path=str(raw), full_page=False)
@@ -124,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--soft", type=Path, default=WEIGHTS / "soft")
     p.add_argument("--hard", type=Path, default=WEIGHTS / "hard")
-    p.add_argument("--example", type=Path, default=EXAMPLES / "scene_008502.jpg")
+    # NOTE: an example both bundled models caption correctly ("a large blue heart to the left of a
+    # large blue heart") once repeated n-grams are allowed: the app's default (no repeated 4-gram)
+    # forbids the second "a large blue heart". The README's hero picture shows a right answer.
+    p.add_argument("--example", type=Path, default=EXAMPLES / "scene_008507.jpg")
+    p.add_argument("--no-repeat", type=int, default=0, help="no repeated n-grams of n words (0 = off)")
+    p.add_argument("--word", type=int, default=3, help="the word selected in the picture (from 1)")
     p.add_argument("--out", type=Path, default=REPO / "assets" / "screenshot.png")
+    p.add_argument("--strip", type=Path, default=REPO / "assets" / "scrub_strip.png",
+                   help="the soft column at a few words, side by side")
     args = p.parse_args(argv)
     if not args.soft.is_dir():
         print(f"error: {args.soft} does not exist; build the weights first (python -m train)", file=sys.stderr)
@@ -134,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hard.is_dir():
         print(f"note: {hard} does not exist yet; the soft weights stand in for the hard column")
         hard = args.soft
-    path = make_screenshot(args.out, soft=args.soft, hard=hard, example=args.example)
-    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+    path = make_screenshot(args.out, soft=args.soft, hard=hard, example=args.example, word=args.word,
+                           strip=args.strip, no_repeat=args.no_repeat)
+    for p in (path, args.strip):
+        print(f"wrote {p} ({p.stat().st_size // 1024} KB)")
     return 0
 
 

@@ -22,7 +22,7 @@ from studio.inference import DecodeOptions, ModelSlot, caption_upload, load_slot
 from studio.ui import Studio
 from tests.conftest import make_tiny_weights
 
-N_OUT = 2 + 2 * 5  # state, status, then (chips, overlay, slider, word, grid) per model
+N_OUT = 2 + 2 * 5 + 2  # state, status, (chips, overlay, slider, word, grid) per model, the legends
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,9 @@ def assert_captioned(out: list) -> None:
     assert result is not None, status
     assert status.startswith("Captioned"), status
     for k, name in enumerate(("soft", "hard")):
-        chips, overlay, slider, word, _grid = out[2 + 5 * k: 7 + 5 * k]
+        chips, overlay, slider, word, grid = out[2 + 5 * k: 7 + 5 * k]
+        # the grid's download is ready with the caption itself, not written by a later event
+        assert grid.interactive and Image.open(grid.value["path"]).format == "PNG"
         cap = result.outputs[name].caption
         assert cap.attention.shape[0] == len(cap.tokens) == chips.count("sat-chip\"") + chips.count("sat-chip ")
         assert isinstance(overlay, Image.Image) and overlay.size == result.display.size
@@ -74,6 +76,18 @@ def assert_refused(out: list, *needles: str) -> None:
         assert needle in status, status
     for k in range(2):  # columns cleared
         assert out[3 + 5 * k] is None and out[5 + 5 * k] == ""
+
+
+def test_legends_explain_the_crop_of_a_non_square_photo_only(studio, good_jpeg, tmp_path):
+    wide = run(studio, good_jpeg)  # 96×80: the model sees the centre 80×80
+    assert_captioned(wide)
+    for text in wide[-2:]:
+        assert "The model sees only the centre square (dashed); the sides are cut off." in text
+    square = tmp_path / "square.png"
+    Image.new("RGB", (80, 80), (30, 120, 200)).save(square)
+    out = run(studio, square)
+    assert_captioned(out)
+    assert all("sat-crop" not in text and "cut off" not in text for text in out[-2:])
 
 
 def test_caption_good_image_fills_both_columns(studio, good_jpeg):

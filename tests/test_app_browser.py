@@ -54,6 +54,9 @@ def test_upload_click_link_copy_styles_download_and_errors(app_url, tmp_path):
         L, S = len(words[long]), len(words[short])
         assert "%" in page.inner_text("#soft-word") and "probability for this word" in page.inner_text("#soft-word")
         assert "Solid box" in page.inner_text("#hard-legend") and "Solid box" not in page.inner_text("#soft-legend")
+        # the grids come with the caption: the download is usable the moment the caption shows
+        assert page.locator("#soft-grid").is_enabled() and page.locator("#hard-grid").is_enabled()
+        assert "cut off" not in page.inner_text("#soft-legend")  # a square photo: nothing to explain
 
         # Click the last word of the longer caption, past the shorter one's end: the linked column
         # stops at its last token (same index, clamped).
@@ -111,6 +114,9 @@ def test_upload_click_link_copy_styles_download_and_errors(app_url, tmp_path):
             upload(page, str(f))
             page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)",
                                    arg=f"Captioned {f.name} ({size})")
+            # a wide photo: each legend says the model sees only its centre square
+            for name in ("soft", "hard"):
+                assert "the sides are cut off" in page.inner_text(f"#{name}-legend")
 
         # A non-image gets our message; the app then captions an example picked from the gallery.
         bad = tmp_path / "letter.png"

@@ -25,11 +25,15 @@ EXAMPLE = REPO / "assets" / "examples" / "scene_008502.jpg"
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    root = tmp_path_factory.mktemp("live")
-    soft = make_tiny_weights(root / "soft", seed=5)
-    hard = make_tiny_weights(root / "hard", seed=5, attention="hard")
-    with running_app("--hard", str(hard), env={"SAT_WEIGHTS_SOFT": str(soft)}, log=root / "app.log") as url:
+def live_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("live")
+
+
+@pytest.fixture(scope="module")
+def client(live_root):
+    soft = make_tiny_weights(live_root / "soft", seed=5)
+    hard = make_tiny_weights(live_root / "hard", seed=5, attention="hard")
+    with running_app("--hard", str(hard), env={"SAT_WEIGHTS_SOFT": str(soft)}, log=live_root / "app.log") as url:
         yield Client(url, verbose=False)
 
 
@@ -56,6 +60,47 @@ def test_bad_upload_is_an_error_and_the_server_goes_on(client, tmp_path):
         client.predict(handle_file(str(bad)), "beam", 3, 1.0, 8, api_name="/caption")
     again = client.predict(handle_file(str(EXAMPLE)), "greedy", 1, 1.0, 4, api_name="/caption")
     assert len(again["soft"]["words"]) <= 4 and len(again["hard"]["attention"]) == len(again["hard"]["tokens"])
+
+
+@pytest.mark.slow
+def test_bad_input_through_the_api_is_one_line_in_the_server_log(client, live_root, tmp_path):
+    """Our checks (an unreadable file, a bad option, a bad model name, no image) and Gradio's own
+    (a slider's range): the client gets the message, the server's output one line, no traceback."""
+    log = live_root / "app.log"
+    bad = tmp_path / "memo-7f3a.png"
+    bad.write_text("not a png")
+    example = handle_file(str(EXAMPLE))
+    calls = [((handle_file(str(bad)), "beam", 3, 1.0, 8), "/caption", "can't read memo-7f3a.png: not an image file"),
+             ((example, "beam", 3, 1.0, 8, 0.0, 2.5), "/caption", "no-repeat n-gram size must be a whole number"),
+             ((example, "beam", 3, 1.0, 8, 7, 3), "/caption", "Value 7 is greater than maximum value 5"),
+             ((None, "beam", 3, 1.0, 8), "/caption", "no image given"),
+             ((example, "medium", 1, 10, 50, "greedy", 1, 1.0, 6), "/steer", "model must be one of 'soft', 'hard'")]
+    before = len(log.read_text(errors="replace"))
+    for args, api, message in calls:
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(*args, api_name=api)
+    deadline = time.monotonic() + 10
+    while (new := log.read_text(errors="replace")[before:]).count("\n") < len(calls) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # NOTE: a traceback would follow its request's line; give it time to show
+    new = log.read_text(errors="replace")[before:]
+    assert "Traceback" not in new and "gradio/queueing.py" not in new, new
+    lines = new.strip().splitlines()
+    assert len(lines) == len(calls), new
+    for (_, api, message), line in zip(calls, lines):
+        assert message in line, (message, line)
+
+
+@pytest.mark.slow
+def test_startup_names_the_apps_share_flag_not_gradios_launch_argument(client, live_root):
+    """Gradio's "set `share=True` in `launch()`" hint is replaced by the app's --share flag."""
+    log = live_root / "app.log"
+    deadline = time.monotonic() + 10
+    while "--share" not in (out := log.read_text(errors="replace")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(r"^\* Running on local URL:  http://127\.0\.0\.1:\d+/?$", out, flags=re.M), out
+    assert "* For a public gradio.live link: python app.py --share" in out
+    assert "share=True" not in out and "launch()" not in out, out
 
 
 @pytest.mark.slow

@@ -67,3 +67,32 @@ def test_a_burst_is_served_or_told_busy_and_sessions_are_bounded(tmp_path, image
 
 def test_default_queue_takes_a_hundred_requests():
     assert ui.QUEUE_SIZE >= 100 and ui.SESSIONS <= 1000
+
+
+@pytest.mark.slow
+def test_uploads_are_deleted_by_gradios_cache_cleanup(tmp_path, monkeypatch):
+    """An API upload lands in Gradio's upload folder and `delete_cache` removes it once it is older
+    than its age (the app: an hour, checked every 15 minutes; here 1 s, checked every second)."""
+    from gradio_client import Client, handle_file
+
+    from studio import layout
+
+    uploads = tmp_path / "uploads"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    monkeypatch.setattr(layout, "DELETE_CACHE", (1, 1))
+    demo = ui.create_app(soft=slow_slot(tmp_path / "s", "soft"), hard=None, examples=[])
+    port = free_port()
+    ui.serve(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    try:
+        photo = tmp_path / "unique-7c1e.png"
+        Image.new("RGB", (40, 30), (1, 2, 3)).save(photo)
+        out = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(str(photo)), "greedy", 1, 1.0, 3, api_name="/caption")
+        assert out["soft"]["words"] is not None
+        assert len(list(uploads.rglob(photo.name))) == 1  # the upload, kept while it is young
+        deadline = time.monotonic() + 10
+        while list(uploads.rglob(photo.name)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not list(uploads.rglob(photo.name)), "the upload was never deleted"
+    finally:
+        demo.close()

@@ -14,6 +14,7 @@ from PIL import Image
 from sat.captioner import Caption
 from sat.weights import WEIGHTS_FILE
 from studio.inference import ModelOutput, StudioResult, describe_slot, load_slot, render_overlay
+from studio.notices import crop_note
 from studio.ui import Studio, caption_chips, create_app, word_info
 from tests.conftest import make_tiny_weights
 
@@ -143,6 +144,25 @@ def test_legends_say_how_to_read_the_overlay(studio):
     assert "plain image" in legend("heatmap", True, hard=True)
 
 
+def test_crop_note_only_when_the_model_sees_part_of_the_photo(studio):
+    square = fake_result(["a"], ["b", "c"])  # 90×90: the model sees all of it
+    assert crop_note(square, "soft") == crop_note(square, "hard") == ""
+    assert all("sat-crop" not in text for text in studio.legends("spotlight", False, square))
+    wide = fake_result(["a"], ["b", "c"])
+    wide.display = Image.new("RGB", (150, 90))
+    sides = "The model sees only the centre square (dashed); the sides are cut off."
+    assert crop_note(wide, "soft") == crop_note(wide, "hard") == sides
+    assert all(sides in text for text in studio.legends("heatmap", False, wide))
+    assert crop_note(wide, "soft", plain=True) == "The model sees only the centre square; the sides are cut off."
+    assert "the sides are cut off" in studio.legends("spotlight", True, wide)[0]  # the plain image too
+    tall = fake_result(["a"], ["b"])
+    tall.display = Image.new("RGB", (60, 90))
+    assert crop_note(tall, "hard").endswith("the top and bottom are cut off.")
+    wide.outputs["soft"].resize = "pad"  # padded: the model sees the whole photo
+    assert crop_note(wide, "soft") == "" and crop_note(wide, "hard") == sides
+    assert crop_note(None, "soft") == "" and "sat-crop" not in studio.legends("spotlight", False)[0]
+
+
 def test_overlay_settings_redraw_every_column(studio):
     res = fake_result(["a", "red"], ["a", "blue", "big", "square"])
     soft, hard = studio.on_overlay_settings(res, (2, 4), 0.3, 1.0, "heatmap")
@@ -232,7 +252,7 @@ def test_photo_input_hands_over_the_uploaded_file_intact(tmp_path):
     from gradio.data_classes import ImageData
 
     from sat.image import load_image
-    from studio.layout import PhotoInput
+    from studio.components import PhotoInput
 
     comp = PhotoInput(type="filepath")
     assert comp.get_block_name() == "image"  # Gradio's own Image front end
@@ -251,3 +271,23 @@ def test_photo_input_hands_over_the_uploaded_file_intact(tmp_path):
     Image.new("RGB", (8, 6), (250, 10, 10)).save(buf, "PNG")
     pasted = comp.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
     assert load_image(pasted).size == (8, 6)
+
+
+def test_input_check_errors_are_one_log_line(caplog):
+    """Gradio prints a traceback for every gr.Error unless print_exception=False; the API's inputs
+    re-raise their own checks' errors that way, with one log line."""
+    from studio.components import Radio, Slider, api_error
+    slider = Slider(0, 5, label="Length penalty")
+    with caplog.at_level("WARNING", logger="sat.studio"):
+        with pytest.raises(gr.Error) as err:
+            slider.preprocess(7)
+        assert err.value.print_exception is False and "greater than maximum value 5" in str(err.value)
+        with pytest.raises(gr.Error) as err:
+            Radio(["beam", "greedy"], label="Search").preprocess("medium")
+        assert err.value.print_exception is False
+        assert slider.preprocess(2.5) == 2.5 and slider.get_block_name() == "slider"
+        e = api_error("/caption", "no image given")
+        assert isinstance(e, gr.Error) and e.print_exception is False
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and lines[0].startswith("input 'Length penalty': Value 7")
+    assert lines[1].startswith("input 'Search': ") and lines[2] == "/caption: no image given"

@@ -76,7 +76,8 @@ class TensorBoardLog:
             tokens = [self.vocab.itos[t] for t in hyp.tokens]
             att = hyp.alphas.float().numpy().reshape(len(tokens), *cfg.grid)  # (T, h, w)
             png = attention_grid_png(img, tokens, att, resize=cfg.resize, image_size=cfg.image_size,
-                                     crop_pct=cfg.crop_pct, max_side=THUMB, panel_inches=1.6, dpi=64)
+                                     crop_pct=cfg.crop_pct, max_side=THUMB, font_size=11,
+                                     hard=cfg.attention == "hard")
             pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))  # (H, W, 3) uint8
             self._writer.add_image(f"attention/{i}", pixels, step, dataformats="HWC")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sat.viz import (attention_grid, attention_grid_png, draw_box, normalize_for_display, overlay,
+from sat.viz import (GRID_PAD, attention_grid, attention_grid_image, attention_grid_png, attention_panel, draw_box, normalize_for_display, overlay,
                      save_attention_grid, square_box, upsample_attention)
 from tests.conftest import make_tiny_weights
 
@@ -188,13 +188,40 @@ def test_attention_grid_panels_titles_and_wrapping():
     fig = attention_grid(img, words, att, probs=probs, cols=4, resize="pad", image_size=64)
     assert len(fig.axes) == 12  # the photo + 10 words + <end>
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[0] == "image" and titles[1] == "a (0.50)" and titles[-1] == "<end> (0.50)"
+    assert titles[0] == "image" and titles[1] == "a 50%" and titles[-1] == "<end> 50%"
     rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
     assert len(rows) == 3  # 12 panels in rows of 4
     default = attention_grid(img, words + ["<end>"], att)
     assert len({round(ax.get_position().y0, 3) for ax in default.axes}) == 3  # 5 per row
     with pytest.raises(ValueError, match="tokens"):
         attention_grid(img, ["a"], att)
+
+
+def test_grid_panels_are_the_app_overlay_with_its_boxes():
+    """The downloadable grid shows what the app's overlay shows: the dashed square the model saw on
+    a non-square photo and, for hard attention, the solid outline of the cell it read."""
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 255, (80, 120, 3), dtype=np.uint8))  # 3:2, centre crop
+    att = np.full((3, 2, 2), 0.02, np.float32)
+    for t in range(3):
+        att[t].flat[t] = 0.94
+    opts = dict(image_size=64, style="spotlight", opacity=0.7, hard=True)
+    grid = np.asarray(attention_grid_image(img, ["a", "red"], att, cols=4, font_size=14, **opts))
+    head = 14 + 8
+    for t in range(3):
+        x, y = GRID_PAD + (t + 1) * (120 + GRID_PAD), GRID_PAD + head
+        want = np.asarray(attention_panel(img, att[t], **opts))
+        assert np.array_equal(grid[y:y + 80, x:x + 120], want), t
+    plain = np.asarray(overlay(img, upsample_attention(att[1], size=img.size, image_size=64),
+                               opacity=0.7, style="spotlight"))
+    panel = np.asarray(attention_panel(img, att[1], **opts))
+    x0, y0, x1, y1 = square_box(img.size, image_size=64)
+    assert (x0, x1) == (20, 100) and (panel[y0 + 40, x0 + 1] != plain[y0 + 40, x0 + 1]).any()  # dashed edge
+    cx0, cy0, cx1, cy1 = square_box(img.size, image_size=64, cell=(0, 1), grid=(2, 2))  # argmax of att[1]
+    row = slice(cx0 + 5, cx1 - 5)  # the cell's bottom edge, inside the square (off the dashed line)
+    assert (panel[cy1 - 1, row] == 255).all()  # the solid outline of the cell read
+    soft = np.asarray(attention_panel(img, att[1], **{**opts, "hard": False}))
+    assert np.array_equal(soft[cy1 - 1, row], plain[cy1 - 1, row])  # soft: no cell outline
 
 
 def test_grid_png_bytes_and_file(tmp_path):
