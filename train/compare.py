@@ -3,7 +3,7 @@
 Rows: soft, hard, dot, uniform (all LSTM), gru (soft attention), transformer, blind (soft LSTM with
 the image replaced by zeros), soft + SCST and hard + SCST (self-critical fine-tuning of the soft and
 hard rows, train/scst.py), word_frequency (no model: the most frequent word at each position) and
-reference_ceiling (each image's last reference scored against the others).
+ceiling (each image's last reference scored against the others).
 Each trained variant keeps its weights folder under `runs/compare/<name>/weights`; a rerun reuses
 a folder whose config and training settings match, so the table can be rebuilt without training.
 Writes `assets/results.json` (a list of rows: name, the evaluate JSON's keys, params, train_seconds)
@@ -175,7 +175,7 @@ def _row(name: str, prep: Prepared, base: ModelConfig, tc: TrainConfig, *, done:
 
 
 # rows without a model: a word-frequency baseline and the human ceiling
-NO_MODEL = {"word_frequency": word_frequency_row, "reference_ceiling": ceiling_row}
+NO_MODEL = {"word_frequency": word_frequency_row, "ceiling": ceiling_row}
 
 
 def _fmt(v) -> str:
@@ -211,7 +211,7 @@ def write_results(results: list[dict], out_dir: Path, *, command: str, tc: Train
             f"Pointing: share of generated object words whose attention peak lies on the object "
             f"(chance: a uniform map). Steer: share of object words that become another object's shape when "
             f"the word's attention is forced onto that object's centre (chance {STEER_CHANCE:.3f}: a random shape word). The + SCST rows fine-tune by self-critical sequence training on CIDEr-D "
-            f"(early stopping on validation CIDEr-D of greedy captions); reference_ceiling scores each image's "
+            f"(early stopping on validation CIDEr-D of greedy captions); the ceiling row scores each image's "
             f"last reference against the others.{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     print(text)

@@ -31,10 +31,10 @@ VARIANTS: dict[str, dict] = {
     "transformer": {"attention": "soft", "decoder": "transformer", "dropout": 0.1},
     "blind": {"attention": "soft", "decoder": "lstm", "blind": True},
     # self-critical sequence training (train/scst.py) from the cross-entropy rows' weights
-    "soft_scst": {"attention": "soft", "decoder": "lstm"},
-    "hard_scst": {"attention": "hard", "decoder": "lstm", "dropout": 0.25},
+    "soft+scst": {"attention": "soft", "decoder": "lstm"},
+    "hard+scst": {"attention": "hard", "decoder": "lstm", "dropout": 0.25},
 }
-SCST_VARIANTS = {"soft_scst": "soft + SCST", "hard_scst": "hard + SCST"}
+SCST_VARIANTS = {"soft+scst": "soft + SCST", "hard+scst": "hard + SCST"}
 """Variants trained by SCST (`TrainConfig.scst`), and their names in the results table."""
 
 # Variants trained from another variant's weights: name → (source, share of the epochs, share of the lr).
@@ -44,8 +44,8 @@ SCST_VARIANTS = {"soft_scst": "soft + SCST", "hard_scst": "hard + SCST"}
 # thread each); the shipped run (lr 4e-4, two threads) 0.505. The hard model then costs the soft model's
 # epochs plus its own: compare reports both.
 # NOTE: SCST runs 2 epochs (of images, 5 samples each) at a fifth of the lr from its source's weights.
-WARM_STARTS: dict[str, tuple[str, float, float]] = {"hard": ("soft", 0.4, 0.4), "soft_scst": ("soft", 0.2, 0.2),
-                                                    "hard_scst": ("hard", 0.2, 0.2)}
+WARM_STARTS: dict[str, tuple[str, float, float]] = {"hard": ("soft", 0.4, 0.4), "soft+scst": ("soft", 0.2, 0.2),
+                                                    "hard+scst": ("hard", 0.2, 0.2)}
 
 
 def warm_schedule(name: str, tc: TrainConfig) -> tuple[int, float]:

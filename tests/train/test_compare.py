@@ -57,7 +57,7 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
         assert "| pointing | chance | steer | params |" in table and "Steer: share of object words" in table
         assert all(f"| {name} |" in table for name in params if not by[name].get("init_from"))
         assert "| soft + SCST (from soft) |" in table and "| hard + SCST (from hard) |" in table
-        assert json.loads((runs / "soft_scst" / "weights" / "train_config.json").read_text())["scst"] is True
+        assert json.loads((runs / "soft+scst" / "weights" / "train_config.json").read_text())["scst"] is True
         assert "| hard (from soft) |" in table and "starts from the soft row's weights" in table
         capsys.readouterr()
         assert train_main(args) == 0  # second run: nothing retrained
