@@ -187,6 +187,7 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
     if tc.scst:  # NOTE: SCST validates on the reward of greedy captions (CIDEr-D: training df)
         from train.scst import scst_setup
         objective, validate, score_name = scst_setup(tc, records=records, cache=cache, vocab=vocab,
+                                                     train_rows=split_rows(records, cache, "train"),  # data.maps rows
                                                      val_rows=val_rows, val_maps=val_maps, device=device)
 
     model = build_model(cfg, seed=tc.seed)

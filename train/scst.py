@@ -160,18 +160,33 @@ def greedy_cider(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, rows: Se
     return float(np.mean(scorer(words, list(rows))))
 
 
-def scst_setup(tc, *, records, cache, vocab: Vocab, val_rows: Sequence[int], val_maps: torch.Tensor,
-               device: torch.device | str = "cpu") -> tuple[SCSTObjective, Callable[[CaptionModel], float], str]:
+class RowsOf:
+    """A reward called with the training data's image rows (`Batch.image_rows`: positions in
+    `train_rows`) that scores against the references of the cache rows they stand for."""
+
+    def __init__(self, reward: Reward, train_rows: Sequence[int]):
+        self.reward, self.train_rows = reward, [int(r) for r in train_rows]
+
+    def __call__(self, hyps: Sequence[Tokens], rows: Sequence[int]) -> np.ndarray:
+        return self.reward(hyps, [self.train_rows[r] for r in rows])
+
+
+def scst_setup(tc, *, records, cache, vocab: Vocab, train_rows: Sequence[int], val_rows: Sequence[int],
+               val_maps: torch.Tensor, device: torch.device | str = "cpu"
+               ) -> tuple[SCSTObjective, Callable[[CaptionModel], float], str]:
     """(objective, validate, score name) of an SCST run from its TrainConfig (`tc.scst_*`).
 
     References per cache row are the records' tokenized captions (`sat.vocab.tokenize`); CIDEr-D's
-    document frequencies come once from the training split's references."""
+    document frequencies come once from the training split's references. `train_rows`: the cache
+    row of each image of the training data (`CaptionData.maps`), whose positions the batches carry.
+    NOTE: the cache is in the records' order, where splits can interleave (Karpathy's COCO file):
+    scoring a batch's positions as cache rows would reward captions against other images."""
     by_id = {r.image_id: r for r in records}
     refs = {i: [list(c) for c in by_id[cid].captions] for i, cid in enumerate(cache.ids) if cid in by_id}
     corpus = [refs[i] for i, cid in enumerate(cache.ids) if cid in by_id and by_id[cid].split == "train"]
     reward = Reward(tc.scst_reward, references=refs, corpus=corpus)
-    objective = SCSTObjective(vocab=vocab, reward=reward, samples=tc.scst_samples, baseline=tc.scst_baseline,
-                              entropy=tc.scst_entropy, max_len=tc.scst_max_len)
+    objective = SCSTObjective(vocab=vocab, reward=RowsOf(reward, train_rows), samples=tc.scst_samples,
+                              baseline=tc.scst_baseline, entropy=tc.scst_entropy, max_len=tc.scst_max_len)
     rows = list(val_rows)
 
     def validate(m: CaptionModel) -> float:

@@ -142,3 +142,18 @@ def test_scst_resume_reproduces_an_uninterrupted_run(tmp_path):
     resumed = run(tmp_path / "cut", 4, resume=True, seed=5, first_score=2)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_training_rewards_use_the_batch_images_references():
+    """Batches carry positions among the training images; the cache can hold other splits first."""
+    from types import SimpleNamespace as NS
+    from train.scst import scst_setup
+    maps, refs, vocab = toy()  # cache row i shows colour i % 3
+    records = [NS(image_id=f"im{i}", captions=refs[i], split="val" if i < 2 else "train") for i in range(12)]
+    cache = NS(ids=[f"im{i}" for i in range(12)])
+    obj, validate, name = scst_setup(TrainConfig(scst=True, init_from="x"), records=records, cache=cache,
+                                     vocab=vocab, train_rows=list(range(2, 12)), val_rows=[0, 1], val_maps=maps[:2])
+    green = ["a", "green", "square"]
+    # training position 2 is cache row 4 (green); position 3 is row 5 (blue)
+    r = obj.reward([green, green], [2, 3])
+    assert name == "CIDEr-D" and r[0] > 2 and r[1] < 1, r
