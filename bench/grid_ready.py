@@ -12,7 +12,6 @@ browser. Writes `grid_ready.json` and `grid_ready.md` to `--out-dir`.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 from sat.paths import EXAMPLES
 
 from . import system
+from .report import save_outputs
 
 HERE = Path(__file__).resolve().parent
 WATCH_JS = """() => { window.__satReady = null; const t0 = performance.now(); let shown = null;
@@ -102,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "grids_ready_s_median": round(statistics.median(ready), 2), "grids_ready_s_max": max(ready)},
         "machine": system.machine(), "command": " ".join(["python -m bench.grid_ready", *map(shlex.quote, args_list)]),
         "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    (a.out_dir / "grid_ready.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    write_markdown(res, a.out_dir / "grid_ready.md")
-    print((a.out_dir / "grid_ready.md").read_text(encoding="utf-8"))
+    print(save_outputs(res, a.out_dir, "grid_ready", write_markdown))
     return 0
 
 

@@ -17,7 +17,6 @@ Counts and time are bounded (`--deadline`); what the machine was doing alongside
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 from sat.paths import EXAMPLES
 
 from . import system
+from .report import save_outputs
 
 HERE = Path(__file__).resolve().parent
 IMAGE = EXAMPLES / "scene_008502.jpg"
@@ -194,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     res["machine"] = system.machine()
     res["command"] = "python -m bench.load " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     res["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    (a.out_dir / "load.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    write_markdown(res, a.out_dir / "load.md")
-    print((a.out_dir / "load.md").read_text(encoding="utf-8"))
+    print(save_outputs(res, a.out_dir, "load", write_markdown))
     return 0
 
 

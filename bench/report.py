@@ -1,6 +1,7 @@
 """The results files: the keys results.json always holds, and results.md, the README's table."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,11 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
     if cmds:
         lines += ["", "Produced by: " + "; ".join(f"`{c}`" for c in cmds)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def save_outputs(res: dict[str, Any], out_dir: Path, stem: str, markdown) -> str:
+    """Write `stem`.json and `stem`.md (by `markdown(res, path)`) under out_dir; returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    markdown(res, out_dir / f"{stem}.md")
+    return (out_dir / f"{stem}.md").read_text(encoding="utf-8")
