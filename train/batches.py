@@ -6,7 +6,7 @@ needs straight from the cache file (the OS page cache keeps the hot ones), and a
 `torch.utils.data.DataLoader` over `StepBatches` prepares the next batches in worker processes
 (pinned memory on CUDA) while the current one trains.
 
-    data = CaptionData(maps=FeatureRows(cache.maps, train_rows), rows=..., captions=...)
+    data = caption_data(records, cache, vocab)   # CaptionData(maps=FeatureRows(cache.maps, train_rows), ...)
     for batch in batch_loader(data, perm, batch_size=64, pad_id=0, ctx=ctx, workers=2, pin=False):
         batch.maps, batch.captions      # this rank's share of one *global* batch
 
@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sat.vocab import Vocab
 from train import distributed as D
+from train.data.karpathy import ImageRecord
+from train.features import FeatureCache
 
 
 class FeatureRows:
@@ -148,14 +151,39 @@ class StepBatches(Dataset):
                      n_global=len(idx_global), tokens_global=tokens, dummy=dummy)
 
 
-def _one(batch: Batch) -> Batch:
-    return batch  # NOTE: items are whole batches (batch_size=None); a module-level function pickles
-
-
 def batch_loader(data: CaptionData, perm: torch.Tensor, *, batch_size: int, pad_id: int, ctx: D.DistContext,
                  workers: int = 0, pin: bool = False, trim: bool = True) -> DataLoader:
     """The epoch's batches in order, prepared by `workers` processes (0: in this process)."""
     ds = StepBatches(data, perm, batch_size=batch_size, pad_id=pad_id, ctx=ctx, trim=trim)
+    # NOTE: batch_size=None: each item is already a whole Batch and passes through as it is
     return DataLoader(ds, batch_size=None,
-                      shuffle=False, num_workers=workers, pin_memory=pin, collate_fn=_one,
+                      shuffle=False, num_workers=workers, pin_memory=pin,
                       prefetch_factor=4 if workers else None)
+
+
+def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> list[int]:
+    """Cache rows of a split, without images that failed to decode."""
+    index, valid = cache.index, cache.valid
+    return [index[r.image_id] for r in records if r.split == split and valid[index[r.image_id]]]
+
+
+def caption_data(records: list[ImageRecord], cache: FeatureCache, vocab: Vocab) -> CaptionData:
+    """All (image, caption) pairs of the training split, captions encoded and padded.
+
+    Captions longer than `vocab.max_len` words are left out (`prepare` counts them): cut short,
+    their `<end>` would teach the model to stop mid-sentence."""
+    rows, caps = [], []
+    by_id = {r.image_id: r for r in records}
+    train_rows = split_rows(records, cache, "train")
+    for new_row, row in enumerate(train_rows):
+        for tokens in by_id[cache.ids[row]].captions:
+            if len(tokens) > vocab.max_len:
+                continue
+            rows.append(new_row)
+            caps.append(vocab.encode(list(tokens)))
+    width = max(len(c) for c in caps)
+    padded = torch.full((len(caps), width), vocab.pad_id, dtype=torch.long)
+    for i, c in enumerate(caps):
+        padded[i, : len(c)] = torch.tensor(c)
+    # NOTE: streamed from the cache file, never copied whole (train/batches.py)
+    return CaptionData(maps=FeatureRows(cache.maps, train_rows), rows=torch.tensor(rows), captions=padded)

@@ -25,11 +25,12 @@ from sat.model import CaptionModel
 from sat.paths import REPO
 from sat.weights import load_into, read_weights
 from train.evaluate import write_metrics
+from train.batches import split_rows
 from train.loop import TrainConfig
 from train.metrics import METRIC_KEYS, CaptionScorer
 from train.steering import STEER_CHANCE
 from train.pipeline import (TRAIN_CONFIG_FILE, DataConfig, Prepared, Trained, complete_config,
-                            fit_and_evaluate, prepare, ship, split_rows)
+                            fit_and_evaluate, prepare, ship)
 from train.variants import SCST_VARIANTS, VARIANTS, WARM_STARTS, variant_train_config, warm_schedule
 
 COLUMNS = METRIC_KEYS

@@ -16,6 +16,7 @@ forward), so an N-rank hard run is a different random run than one process, not 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import sys
 import time
@@ -191,6 +192,16 @@ def make_optimizer(groups) -> torch.optim.Adam:
     return torch.optim.Adam(groups, fused=True)
 
 
+def _under_cpu_kernels(fn: Callable) -> Callable:
+    """Run `fn` with the CPU-kernels switch set from its `config` (validation's search too)."""
+    @functools.wraps(fn)
+    def run(*args, config: TrainConfig, **kwargs):
+        with cpu_kernels(config.cpu_kernels):
+            return fn(*args, config=config, **kwargs)
+    return run
+
+
+@_under_cpu_kernels
 def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
         device: torch.device | str = "cpu", progress: bool = True,
@@ -208,18 +219,6 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
     train/scst.py): batches are then of images (each once per epoch), one process only.
     `score_name` names the validation score in the log.
     """
-    with cpu_kernels(config.cpu_kernels):  # NOTE: validation's search too
-        return _fit(model, data=data, validate=validate, out_dir=out_dir, config=config, pad_id=pad_id,
-                    resume=resume, device=device, progress=progress, on_epoch=on_epoch, objective=objective,
-                    score_name=score_name)
-
-
-def _fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionModel], float],
-         out_dir: str | Path, config: TrainConfig, pad_id: int = 0, resume: bool = False,
-         device: torch.device | str = "cpu", progress: bool = True,
-         on_epoch: Callable[[CaptionModel, dict], None] | None = None,
-         objective: Callable[[CaptionModel, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]] | None = None,
-         score_name: str = "BLEU-4") -> list[dict]:
     ctx = D.current()
     if objective is not None and ctx.active:
         raise ValueError("SCST runs as one process (no torchrun)")

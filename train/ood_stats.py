@@ -19,6 +19,7 @@ from sat.device import resolve_device
 from sat.encoder import create_encoder
 from sat.ood import OODStats, load_stats, pool
 from sat.weights import CONFIG_FILE, read_weights
+from train.batches import split_rows
 from train.data.karpathy import ImageRecord
 from train.features import FeatureCache
 
@@ -37,7 +38,6 @@ def pooled_rows(cache: FeatureCache, rows: Sequence[int], *, progress: bool = Tr
 def write_ood_stats(folder: str | Path, records: list[ImageRecord], cache: FeatureCache, *, dataset: str,
                     progress: bool = True) -> OODStats:
     """Fit on the train split's pooled features, threshold on the test split's; write them into `folder`."""
-    from train.pipeline import split_rows  # NOTE: here: train.pipeline imports this module
 
     train, test = split_rows(records, cache, "train"), split_rows(records, cache, "test")
     if not train or not test:

@@ -7,11 +7,10 @@ of each global batch, and rank 0 alone evaluates and writes the weights folder.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import contextlib
 
 import torch
 
@@ -29,7 +28,7 @@ from train.evaluate import bleu4_quick, generate_words, score_split, write_metri
 from train.features import FeatureCache, extract_features
 from train.card import model_card
 from sat.search import compile_step
-from train.batches import CaptionData, FeatureRows
+from train.batches import caption_data, split_rows
 from train.loop import TrainConfig, fit
 from train.metrics import CaptionScorer
 from train.ood_stats import write_ood_stats
@@ -122,34 +121,6 @@ def features_for(records: list[ImageRecord], root: Path, cfg: ModelConfig, dc: D
                             dataset_root=root, cache_dir=cache_dir, device=device, progress=progress,
                             bf16=dc.encoder_bf16, workers=None if dc.extract_workers == -1 else dc.extract_workers,
                             **cfg.preprocessing)
-
-
-def split_rows(records: list[ImageRecord], cache: FeatureCache, split: str) -> list[int]:
-    """Cache rows of a split, without images that failed to decode."""
-    index, valid = cache.index, cache.valid
-    return [index[r.image_id] for r in records if r.split == split and valid[index[r.image_id]]]
-
-
-def caption_data(records: list[ImageRecord], cache: FeatureCache, vocab: Vocab) -> CaptionData:
-    """All (image, caption) pairs of the training split, captions encoded and padded.
-
-    Captions longer than `vocab.max_len` words are left out (`prepare` counts them): cut short,
-    their `<end>` would teach the model to stop mid-sentence."""
-    rows, caps = [], []
-    by_id = {r.image_id: r for r in records}
-    train_rows = split_rows(records, cache, "train")
-    for new_row, row in enumerate(train_rows):
-        for tokens in by_id[cache.ids[row]].captions:
-            if len(tokens) > vocab.max_len:
-                continue
-            rows.append(new_row)
-            caps.append(vocab.encode(list(tokens)))
-    width = max(len(c) for c in caps)
-    padded = torch.full((len(caps), width), vocab.pad_id, dtype=torch.long)
-    for i, c in enumerate(caps):
-        padded[i, : len(c)] = torch.tensor(c)
-    # NOTE: streamed from the cache file, never copied whole (train/batches.py)
-    return CaptionData(maps=FeatureRows(cache.maps, train_rows), rows=torch.tensor(rows), captions=padded)
 
 
 def build_model(cfg: ModelConfig, *, seed: int) -> CaptionModel:

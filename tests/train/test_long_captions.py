@@ -1,7 +1,6 @@
 """Captions longer than `max_len` are left out of training (and counted), never cut with an `<end>`."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -9,7 +8,8 @@ import torch
 from sat.vocab import Vocab
 from train.data.karpathy import ImageRecord
 from train.features import FeatureCache
-from train.pipeline import DataConfig, caption_data, prepare
+from train.batches import caption_data
+from train.pipeline import DataConfig, prepare
 from sat.config import ModelConfig
 
 
