@@ -22,7 +22,7 @@ import torch
 
 from bench.inference import make_photos
 from sat.config import ModelConfig
-from sat.image import load_image, preprocess
+from sat.image import model_input
 from train.features import extract_features
 from train.pipeline import encoder_config
 
@@ -72,7 +72,7 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
         root = Path(tmp) / "photos"
         photos = make_photos(root, n_photos, sizes=[size])
         t0 = time.perf_counter()
-        x = torch.stack([preprocess(load_image(p), **pp) for p in photos])  # (N, 3, S, S)
+        x = torch.stack([model_input(p, **pp) for p in photos])  # (N, 3, S, S): extraction's own path
         decode_s = time.perf_counter() - t0
         x = x.to(device)
         _encoder_only(enc, x[:batch], batch)  # warm-up: oneDNN picks its kernels

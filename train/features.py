@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sat.atomic import write_json
 from sat.encoder import Encoder
-from sat.image import PREPROCESS_VERSION, ImageError, load_image, preprocess
+from sat.image import PREPROCESS_VERSION, ImageError, model_input, preprocess
 from train import distributed as D
 
 META, PROGRESS, DATA = "meta.json", "progress.json", "features.f16"
@@ -107,7 +107,7 @@ def open_cache(path: str | Path) -> FeatureCache | None:
 
 def _load(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor | str:
     try:
-        return preprocess(load_image(path), **preprocessing)
+        return model_input(path, **preprocessing)
     except ImageError as e:
         return str(e)
 
