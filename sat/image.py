@@ -225,6 +225,7 @@ def preprocess(img: Image.Image, *, image_size: int = 224, resize: str = "crop",
         canvas = Image.new("RGB", (image_size, image_size), tuple(round(255 * m) for m in mean))
         canvas.paste(img, (ox, oy))
         img = canvas
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
-    x = x.float().div_(255.0)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    # NOTE: one contiguous float copy normalised in place: the same arithmetic, bit for bit, as
+    # (x / 255 - mean) / std, at about half the cost (it runs per image in the decode workers)
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous().float()  # (3, S, S)
+    return x.div_(255.0).sub_(torch.tensor(mean).view(3, 1, 1)).div_(torch.tensor(std).view(3, 1, 1))

@@ -124,3 +124,30 @@ def test_bad_settings_are_their_own_error_not_a_broken_image(photo):
     assert not isinstance(e.value, ImageError)
     with pytest.raises(ValueError, match="crop_pct must be in"):
         model_input(photo, crop_pct=0.0)
+
+
+@pytest.mark.slow
+def test_the_app_and_feature_extraction_give_the_same_input_for_a_file(photo):
+    """No train/serve skew: the Captioner (the app's path: it is handed the upload's path or bytes)
+    and extraction's DataLoader dataset decode the same file to the same tensor, drafted."""
+    from sat.captioner import Captioner
+    from sat.paths import WEIGHTS
+    from train.features import ImageFiles
+
+    cap = Captioner.load(WEIGHTS / "soft", device="cpu")
+    pp = cap.config.preprocessing
+    served = cap.pixels([photo, photo.read_bytes()])  # (2, 3, S, S)
+    extracted = ImageFiles([photo], pp)[0]
+    assert torch.equal(served[0], extracted) and torch.equal(served[1], extracted)
+    assert not torch.equal(extracted, preprocess(load_image(photo), **pp))  # both drafted, not full decodes
+
+
+def test_preprocess_normalises_bit_for_bit_as_the_formula():
+    """The in-place normalisation (cheaper in the decode workers) is exactly (x / 255 − mean) / std."""
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()  # (3, S, S)
+    expected = (x / 255.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    out = preprocess(img, mean=mean, std=std)
+    assert out.is_contiguous() and torch.equal(out, expected)
