@@ -79,9 +79,16 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
     with tempfile.TemporaryDirectory(prefix="sat-bench-extract-") as tmp:
         root = Path(tmp) / "photos"
         photos = make_photos(root, n_photos, sizes=[size])
-        c0, t0 = time.process_time(), time.perf_counter()
-        x = torch.stack([model_input(p, **pp) for p in photos])  # (N, 3, S, S): extraction's own path
-        decode_s, decode_cpu = time.perf_counter() - t0, time.process_time() - c0
+        # NOTE: one torch thread, as in a DataLoader worker: with two, every small tensor op of the
+        # preprocessing wakes an OpenMP team, and on a busy machine its spinning costs 10× the decode
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            c0, t0 = time.process_time(), time.perf_counter()
+            x = torch.stack([model_input(p, **pp) for p in photos])  # (N, 3, S, S): extraction's own path
+            decode_s, decode_cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            torch.set_num_threads(threads)
         x = x.to(device)
         _encoder_only(enc, x[:batch], batch)  # warm-up: oneDNN picks its kernels
         enc_rates, ext_rates, enc_cpu, ext_cpu, ref = [], [], [], [], None
