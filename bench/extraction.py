@@ -112,6 +112,9 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
         "extract_decode_only_images_per_s": round(n_photos / decode_s, 1),
         "extract_rounds_images_per_s": [round(v, 1) for v in ext_rates],
         "extract_rounds_encoder_only_images_per_s": [round(v, 1) for v in enc_rates],
+        # NOTE: each round's two runs follow each other, so on a machine whose load drifts their
+        # ratio compares like with like better than the two best-of figures above
+        "extract_rounds_vs_encoder": [round(e / n, 3) for e, n in zip(ext_rates, enc_rates)],
         # NOTE: CPU time (this process + the decode workers) is what a busy machine distorts least:
         # with no idle core, extraction can reach at best encoder CPU ÷ extraction CPU of its rate
         "extract_decode_only_cpu_ms_per_image": round(1000 * decode_cpu / n_photos, 2),

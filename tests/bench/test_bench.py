@@ -160,6 +160,8 @@ def test_extraction_bench_measures_the_real_extraction_against_the_encoder():
     assert r["extract_cpu_ratio"] == pytest.approx(
         r["extract_encoder_only_cpu_ms_per_image"] / r["extract_cpu_ms_per_image"], rel=0.05)
     assert r["extract_decode_only_cpu_ms_per_image"] > 0
+    paired = [e / n for e, n in zip(r["extract_rounds_images_per_s"], r["extract_rounds_encoder_only_images_per_s"])]
+    assert len(r["extract_rounds_vs_encoder"]) == 1 and r["extract_rounds_vs_encoder"] == pytest.approx(paired, rel=0.02)
 
 
 def test_results_md_names_parts_measured_on_another_machine(tmp_path):
