@@ -155,9 +155,9 @@ def image_loader(paths: Sequence[str | Path], preprocessing: dict[str, Any], *, 
     """Batches of `collate_images`, in order, decoded by `workers` processes ahead of the encoder.
 
     NOTE: decoding + preprocessing a 640×480 JPEG costs ≈ 3 CPU ms with the JPEG draft (≈ 6 without)
-    next to ≈ 36 ms of Lite0's per image here (bench/extraction.py), and on a GPU likely more than the encoder (not measured); processes,
-    not the one thread used before, scale with the cores and keep the Python glue off the main
-    process's GIL. Order is kept (no shuffle, in-order delivery), so the cache does not depend on the
+    next to ≈ 36 ms of Lite0's per image here (bench/extraction.py), and on a GPU likely more than the
+    encoder (not measured); processes, not the one thread used before, scale with the cores and keep
+    the Python glue off the main process's GIL. Order is kept (no shuffle, in-order delivery), so the cache does not depend on the
     number of workers."""
     return DataLoader(ImageFiles(paths, preprocessing), batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate_images, pin_memory=device.type == "cuda",
