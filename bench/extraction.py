@@ -12,6 +12,7 @@ cores the encoder does not use.
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,15 @@ import torch
 
 from bench.inference import make_photos
 from sat.config import ModelConfig
-from sat.image import load_image, preprocess
+from sat.image import model_input
 from train.features import extract_features
 from train.pipeline import encoder_config
+
+
+def _cpu_s() -> float:
+    """CPU seconds used so far by this process and its finished children (the decode workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _sync(device: torch.device) -> None:
@@ -32,29 +39,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _encoder_only(encoder, x: torch.Tensor, batch: int) -> tuple[float, torch.Tensor]:
+def _encoder_only(encoder, x: torch.Tensor, batch: int) -> tuple[float, torch.Tensor, float]:
     """Images/s of the trunk over all of `x` (N, 3, S, S, already on the encoder's device) in batches;
-    and its maps (N, C, h, w) float16 on the CPU."""
+    its maps (N, C, h, w) float16 on the CPU; and the CPU ms it used per image."""
     out = []
     with torch.inference_mode():
         _sync(x.device)
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_s(), time.perf_counter()
         for i in range(0, x.size(0), batch):
             out.append(encoder.encode_trunk(x[i:i + batch]))
         _sync(x.device)
-        dt = time.perf_counter() - t0
-    return x.size(0) / dt, torch.cat(out).float().cpu().to(torch.float16)
+        dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return x.size(0) / dt, torch.cat(out).float().cpu().to(torch.float16), 1000 * cpu / x.size(0)
 
 
 def _extract(encoder, photos: list[Path], root: Path, cache_dir: Path, *, batch: int, workers: int,
-             preprocessing: dict[str, Any], device: torch.device) -> tuple[float, np.ndarray]:
-    """Images/s of one whole `extract_features` call into an empty cache folder; and the cache's maps."""
-    t0 = time.perf_counter()
+             preprocessing: dict[str, Any], device: torch.device) -> tuple[float, np.ndarray, float]:
+    """Images/s of one whole `extract_features` call into an empty cache folder; the cache's maps; and
+    the CPU ms per image of this process and its decode workers together."""
+    c0, t0 = _cpu_s(), time.perf_counter()
     cache = extract_features(photos, [p.name for p in photos], encoder=encoder, dataset_root=root,
                              cache_dir=cache_dir, batch_size=batch, workers=workers, progress=False,
                              device=device, **preprocessing)
-    dt = time.perf_counter() - t0
-    return len(photos) / dt, np.asarray(cache.maps)
+    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return len(photos) / dt, np.asarray(cache.maps), 1000 * cpu / len(photos)
 
 
 def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), batch: int = 32,
@@ -71,19 +79,28 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
     with tempfile.TemporaryDirectory(prefix="sat-bench-extract-") as tmp:
         root = Path(tmp) / "photos"
         photos = make_photos(root, n_photos, sizes=[size])
-        t0 = time.perf_counter()
-        x = torch.stack([preprocess(load_image(p), **pp) for p in photos])  # (N, 3, S, S)
-        decode_s = time.perf_counter() - t0
+        # NOTE: one torch thread, as in a DataLoader worker: with two, every small tensor op of the
+        # preprocessing wakes an OpenMP team, and on a busy machine its spinning costs 10× the decode
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            c0, t0 = time.process_time(), time.perf_counter()
+            x = torch.stack([model_input(p, **pp) for p in photos])  # (N, 3, S, S): extraction's own path
+            decode_s, decode_cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            torch.set_num_threads(threads)
         x = x.to(device)
         _encoder_only(enc, x[:batch], batch)  # warm-up: oneDNN picks its kernels
-        enc_rates, ext_rates, ref = [], [], None
+        enc_rates, ext_rates, enc_cpu, ext_cpu, ref = [], [], [], [], None
         for r in range(repeats):
-            rate, ref = _encoder_only(enc, x, batch)
+            rate, ref, cpu = _encoder_only(enc, x, batch)
             enc_rates.append(rate)
-            rate, maps = _extract(enc, photos, root, Path(tmp) / f"cache{r}", batch=batch, workers=workers,
-                                  preprocessing=pp, device=device)
+            enc_cpu.append(cpu)
+            rate, maps, cpu = _extract(enc, photos, root, Path(tmp) / f"cache{r}", batch=batch, workers=workers,
+                                       preprocessing=pp, device=device)
             ext_rates.append(rate)
-        inline, maps0 = _extract(enc, photos, root, Path(tmp) / "cache-inline", batch=batch, workers=0,
+            ext_cpu.append(cpu)
+        inline, maps0, _ = _extract(enc, photos, root, Path(tmp) / "cache-inline", batch=batch, workers=0,
                                  preprocessing=pp, device=device)
     drift = float(np.abs(maps.astype(np.float32) - ref.numpy().astype(np.float32)).max())
     enc_best, ext_best = max(enc_rates), max(ext_rates)
@@ -95,6 +112,15 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
         "extract_decode_only_images_per_s": round(n_photos / decode_s, 1),
         "extract_rounds_images_per_s": [round(v, 1) for v in ext_rates],
         "extract_rounds_encoder_only_images_per_s": [round(v, 1) for v in enc_rates],
+        # NOTE: each round's two runs follow each other, so on a machine whose load drifts their
+        # ratio compares like with like better than the two best-of figures above
+        "extract_rounds_vs_encoder": [round(e / n, 3) for e, n in zip(ext_rates, enc_rates)],
+        # NOTE: CPU time (this process + the decode workers) is what a busy machine distorts least:
+        # with no idle core, extraction can reach at best encoder CPU ÷ extraction CPU of its rate
+        "extract_decode_only_cpu_ms_per_image": round(1000 * decode_cpu / n_photos, 2),
+        "extract_cpu_ms_per_image": round(min(ext_cpu), 1),
+        "extract_encoder_only_cpu_ms_per_image": round(min(enc_cpu), 1),
+        "extract_cpu_ratio": round(min(enc_cpu) / min(ext_cpu), 3),
         "extract_workers": workers, "extract_batch": batch, "extract_photos": n_photos,
         "extract_photo_size": f"{size[0]}x{size[1]}", "extract_image_size": image_size,
         "extract_encoder": f"{encoder} ({feature_map}: {tuple(maps.shape[1:])})",

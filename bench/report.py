@@ -87,8 +87,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"load average {_fmt(g('extract_loadavg_1min_before'))} → {_fmt(g('extract_loadavg_1min_after'))}", ""),
         ("… vs the encoder alone on decoded images", _fmt(g("extract_vs_encoder"), "×"),
          f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s (best of rounds; "
-         f"rounds {_rounds(g('extract_rounds_images_per_s'))} vs {_rounds(g('extract_rounds_encoder_only_images_per_s'))}); "
-         f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s",
+         f"rounds {_rounds(g('extract_rounds_images_per_s'))} vs {_rounds(g('extract_rounds_encoder_only_images_per_s'))}, "
+         f"per round {_rounds(g('extract_rounds_vs_encoder'))}); "
+         f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s "
+         f"({_fmt(g('extract_decode_only_cpu_ms_per_image'))} CPU ms each, JPEG draft); CPU ms per image: "
+         f"extraction {_fmt(g('extract_cpu_ms_per_image'))}, encoder {_fmt(g('extract_encoder_only_cpu_ms_per_image'))} "
+         f"(ratio {_fmt(g('extract_cpu_ratio'))})",
          _target("extract_vs_encoder", g("extract_vs_encoder"))),
         ("Peak RSS per process, training on a COCO-sized cache, streamed (MB)", _fmt(g("peak_rss_mb_train_coco_scale")),
          f"{_fmt(g('coco_cache_gb'))} GB cache, {_fmt(g('coco_workers'))} loader workers (main "

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if path.is_dir():  # NOTE: load_image would say "no such file"
                 raise ImageError(f"{path}: is a folder, not an image file")
-            image = load_image(path)
-            out = cap.caption(image, mode=args.mode, beam_size=args.beam_size, max_len=args.max_len,
+            # NOTE: the path, so the model decodes it as feature extraction does (sat.image.model_input)
+            out = cap.caption(path, mode=args.mode, beam_size=args.beam_size, max_len=args.max_len,
                               temperature=args.temperature, length_penalty=args.length_penalty,
                               no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed)
         except ImageError as e:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             dest = args.attention_png
             if len(args.images) > 1:
                 dest = dest.with_name(f"{dest.stem}_{index}{dest.suffix or '.png'}")
-            save_attention_grid(image, out.tokens, out.attention, dest, probs=out.token_probs,
+            save_attention_grid(load_image(path), out.tokens, out.attention, dest, probs=out.token_probs,
                                 resize=cap.config.resize, image_size=cap.config.image_size,
                                 crop_pct=cap.config.crop_pct, hard=cap.config.attention == "hard")
     return 1 if failed else 0

@@ -21,7 +21,7 @@ from .config import INT_LIMITS, ModelConfig
 from .device import resolve_device
 from .hub import resolve_weights
 from .encoder import Encoder, create_encoder
-from .image import load_image, preprocess
+from .image import model_input
 from .labels import ImageNetHead, imagenet_head
 from .model import CaptionModel
 from .ood import OODError, OODResult, OODStats, check_images, load_stats
@@ -125,7 +125,7 @@ class Captioner:
     def pixels(self, images: Sequence[Any]) -> torch.Tensor:
         """Images (PIL / path / bytes) → (B, 3, S, S) normalised tensor. Raises ImageError."""
         cfg = self.config
-        return torch.stack([preprocess(load_image(im), **cfg.preprocessing) for im in images])
+        return torch.stack([model_input(im, **cfg.preprocessing) for im in images])
 
     @torch.inference_mode()
     def caption_batch(self, images: Sequence[Any], *, mode: str = "beam", beam_size: int = 3,

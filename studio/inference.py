@@ -261,7 +261,9 @@ def caption_upload(slots: list[ModelSlot], source: str | Path | bytes | Image.Im
         assert cap is not None
         try:
             with torch.inference_mode():
-                out = cap.caption(image, mode=opts.mode, beam_size=opts.beam_size, max_len=opts.max_len,
+                # NOTE: the source, not the decoded display image: each model decodes it as
+                # `sat.image.model_input` does for its input size (the JPEG draft), as in training
+                out = cap.caption(source, mode=opts.mode, beam_size=opts.beam_size, max_len=opts.max_len,
                                   temperature=opts.temperature, length_penalty=opts.length_penalty,
                                   no_repeat_ngram_size=opts.no_repeat_ngram_size)
         except Exception as e:  # noqa: BLE001 — this column fails, the others keep their captions

@@ -81,8 +81,9 @@ def steer_upload(slots: list[ModelSlot], source: str | Path | bytes, name: Any, 
     if opts.mode == "sample":
         kw["seed"] = 0  # NOTE: the same draws before and after the click, so only the gaze differs
     with torch.inference_mode():
-        original = cap.caption(image, **kw)
-        steered = cap.caption(image, force={int(t): cell}, **kw)
+        # NOTE: the source, decoded for the model as in training (sat.image.model_input)
+        original = cap.caption(source, **kw)
+        steered = cap.caption(source, force={int(t): cell}, **kw)
     return Steered(slot.name, original, steered, int(t), px, py, cell, image.size, slot.spec)
 
 

@@ -35,8 +35,10 @@ from train.features import FeatureCache
 class FeatureRows:
     """Rows `rows` of a memory-mapped float16 cache (N, C, h, w), read on demand.
 
-    `fr[idx]` (a LongTensor of positions into `rows`) → float16 tensor (k, C, h, w). Pickles as the
-    file's path (a spawned DataLoader worker re-opens the map instead of receiving a copy).
+    `fr[idx]` (a LongTensor of positions into `rows`, or a slice of them) → float16 tensor (k, C, h, w):
+    the training batches, and validation / evaluation captioning a split batch by batch
+    (`train.evaluate.generate`). Pickles as the file's path (a spawned DataLoader worker re-opens the
+    map instead of receiving a copy).
     """
 
     def __init__(self, array: np.ndarray, rows: Sequence[int]):
@@ -55,7 +57,9 @@ class FeatureRows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    def __getitem__(self, idx: torch.Tensor | Sequence[int] | slice) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = np.arange(len(self.rows))[idx]
         want = self.rows[np.asarray(idx, dtype=np.int64)]  # file rows, in batch order
         # NOTE: read each row once and in file order (sequential I/O), then put them in batch order
         uniq, back = np.unique(want, return_inverse=True)

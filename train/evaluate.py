@@ -11,7 +11,7 @@ is kept. During training, `bleu4_quick` scores validation captions without the J
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,16 +23,23 @@ from sat.search import Hypothesis, decode
 from sat.vocab import Vocab, tokenize
 from train.metrics import METRIC_KEYS, CaptionScorer, caption_metrics
 
+if TYPE_CHECKING:
+    from train.batches import FeatureRows
+
+Maps = Union[torch.Tensor, "FeatureRows"]
+"""Trunk maps (N, C, h, w): a tensor, or rows of the feature cache file read a batch at a time
+(`train.batches.FeatureRows`: validation and evaluation never copy a whole split into RAM)."""
+
 
 @torch.inference_mode()
-def generate(model: CaptionModel, maps: torch.Tensor, *, vocab: Vocab, mode: str = "beam", beam_size: int = 3,
+def generate(model: CaptionModel, maps: Maps, *, vocab: Vocab, mode: str = "beam", beam_size: int = 3,
              max_len: int | None = None, batch_size: int = 100, device: torch.device | str = "cpu",
              progress: bool = False, length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
-    """Caption cached trunk maps (N, C, h, w) → one search hypothesis per image."""
+    """Caption cached trunk maps (N, C, h, w) → one search hypothesis per image, `batch_size` at a time."""
     model.eval()
     max_len = model.config.max_len if max_len is None else max_len
     out: list[Hypothesis] = []
-    starts = range(0, maps.size(0), batch_size)
+    starts = range(0, len(maps), batch_size)
     for s in tqdm(starts, desc="captioning", unit="batch", disable=not progress, leave=False):
         feats = model.annotations(maps[s:s + batch_size].to(device, torch.float32))  # (b, L, D)
         out.extend(decode(model.decoder, feats, mode=mode, beam_size=beam_size, max_len=max_len,
@@ -42,7 +49,7 @@ def generate(model: CaptionModel, maps: torch.Tensor, *, vocab: Vocab, mode: str
     return out
 
 
-def generate_words(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, **kwargs) -> list[list[str]]:
+def generate_words(model: CaptionModel, vocab: Vocab, maps: Maps, **kwargs) -> list[list[str]]:
     """Like `generate`, but only the words (specials removed)."""
     return [vocab.decode(h.tokens) for h in generate(model, maps, vocab=vocab, **kwargs)]
 
@@ -65,7 +72,7 @@ def bleu4_quick(references: Sequence[Sequence[str | Sequence[str]]], hypotheses:
     return float(scores[3])
 
 
-def score_split(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, references: Sequence[Sequence[str]],
+def score_split(model: CaptionModel, vocab: Vocab, maps: Maps, references: Sequence[Sequence[str]],
                 *, beam_size: int = 3, device: torch.device | str = "cpu", progress: bool = True,
                 length_penalty: float = 0.0, no_repeat_ngram_size: int = 0,
                 ids: Sequence[str] | None = None,

@@ -28,7 +28,7 @@ from train.evaluate import bleu4_quick, generate_words, score_split, write_metri
 from train.features import FeatureCache, extract_features
 from train.card import model_card
 from sat.search import compile_step
-from train.batches import caption_data, split_rows
+from train.batches import FeatureRows, caption_data, split_rows
 from train.loop import TrainConfig, fit
 from train.metrics import CaptionScorer
 from train.ood_stats import write_ood_stats
@@ -148,7 +148,7 @@ def train_one(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, records: lis
     val_rows = split_rows(records, cache, "val")[: dc.val_images]
     by_id = {r.image_id: r for r in records}
     val_refs = [by_id[cache.ids[i]].captions for i in val_rows]
-    val_maps = cache.tensor(val_rows)
+    val_maps = FeatureRows(cache.maps, val_rows)  # NOTE: read batch by batch each validation, never copied whole
 
     def validate(m: CaptionModel) -> float:
         words = generate_words(m, vocab, val_maps, mode="greedy", device=device)
@@ -204,7 +204,8 @@ def evaluate_on(model: CaptionModel, vocab: Vocab, records: list[ImageRecord], c
     if root is not None and all("objects" in r.extra and "mask" in r.extra for r in recs):
         from train.grounding import load_scene_truth
         truth = [load_scene_truth(r.extra, root) for r in recs]
-    metrics, _ = score_split(model, vocab, cache.tensor(rows), [list(r.raw) for r in recs], beam_size=beam_size,
+    # NOTE: the split's maps stay in the cache file; captioning reads them batch by batch
+    metrics, _ = score_split(model, vocab, FeatureRows(cache.maps, rows), [list(r.raw) for r in recs], beam_size=beam_size,
                              device=device, progress=progress, ids=[r.image_id for r in recs], truth=truth,
                              scorer=scorer, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     metrics["split"] = split

@@ -22,7 +22,7 @@ scoring pass samples locations: an approximation on the location side).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from sat.model import CaptionModel, nll_grid
 from sat.search import greedy, sample
 from sat.vocab import Vocab
 from train.cider import CiderD, bleu4_sentences
+
+if TYPE_CHECKING:
+    from train.evaluate import Maps
 
 Tokens = Sequence[str]
 
@@ -152,7 +155,7 @@ class SCSTObjective:
         return loss, stats
 
 
-def greedy_cider(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, rows: Sequence[int],
+def greedy_cider(model: CaptionModel, vocab: Vocab, maps: Maps, rows: Sequence[int],
                  scorer: Reward, *, device: torch.device | str = "cpu") -> float:
     """Validation score of SCST runs: the mean reward (CIDEr-D by default) of greedy captions."""
     from train.evaluate import generate_words
@@ -172,7 +175,7 @@ class RowsOf:
 
 
 def scst_setup(tc, *, records, cache, vocab: Vocab, train_rows: Sequence[int], val_rows: Sequence[int],
-               val_maps: torch.Tensor, device: torch.device | str = "cpu"
+               val_maps: Maps, device: torch.device | str = "cpu"
                ) -> tuple[SCSTObjective, Callable[[CaptionModel], float], str]:
     """(objective, validate, score name) of an SCST run from its TrainConfig (`tc.scst_*`).
 

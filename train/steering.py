@@ -20,7 +20,7 @@ keeps saying A, which scores 0, below chance.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from sat.steer import cell_at, steer_hypothesis
 from sat.vocab import Vocab
 from train.data.scene_grammar import SHAPES
 from train.grounding import SINGULAR, find_object_words
+
+if TYPE_CHECKING:
+    from train.evaluate import Maps
 
 STEER_CHANCE = 1.0 / len(SHAPES)
 """Chance level of steer_success: a uniformly random shape word."""
@@ -70,7 +73,7 @@ def steer_trials(tokens: Sequence[str], objects: Sequence[dict[str, Any]], mask:
 
 
 @torch.inference_mode()
-def steer_success(model: CaptionModel, vocab: Vocab, maps: torch.Tensor, hyps: Sequence[Hypothesis],
+def steer_success(model: CaptionModel, vocab: Vocab, maps: Maps, hyps: Sequence[Hypothesis],
                   objects: Sequence[Sequence[dict[str, Any]]], masks: Sequence[np.ndarray], *,
                   mode: str = "beam", beam_size: int = 3, length_penalty: float = 0.0,
                   no_repeat_ngram_size: int = 0, device: torch.device | str = "cpu",

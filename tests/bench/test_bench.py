@@ -155,6 +155,13 @@ def test_extraction_bench_measures_the_real_extraction_against_the_encoder():
     assert r["extract_vs_encoder"] == pytest.approx(ratio, rel=0.05) and r["extract_images_per_s"] > 0
     assert r["extract_photos"] == 5 and r["extract_workers"] == 2 and r["extract_photo_size"] == "96x72"
     assert r["extract_encoder"].startswith("efficientnet-lite0 (stride16: (112, 4, 4))")
+    # CPU time: extraction (main process + its decode workers) does the encoder's work and the decoding
+    assert r["extract_cpu_ms_per_image"] > r["extract_encoder_only_cpu_ms_per_image"] > 0
+    assert r["extract_cpu_ratio"] == pytest.approx(
+        r["extract_encoder_only_cpu_ms_per_image"] / r["extract_cpu_ms_per_image"], rel=0.05)
+    assert r["extract_decode_only_cpu_ms_per_image"] > 0
+    paired = [e / n for e, n in zip(r["extract_rounds_images_per_s"], r["extract_rounds_encoder_only_images_per_s"])]
+    assert len(r["extract_rounds_vs_encoder"]) == 1 and r["extract_rounds_vs_encoder"] == pytest.approx(paired, rel=0.02)
 
 
 def test_results_md_names_parts_measured_on_another_machine(tmp_path):
