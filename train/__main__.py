@@ -1,8 +1,9 @@
 """`python -m train [fit|evaluate|compare|score|scenes] ...` — with no subcommand: the default run.
 
 The default run generates (or reuses) the scenes dataset, extracts features, trains the soft-attention
-LSTM, then the hard-attention LSTM starting from it (`--init-from`), and the blind baseline, evaluates them on the test split with beam 3 and
-writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + JSON + model card).
+LSTM (constant start state), a soft one with the paper's mean start state (kept in runs/soft-mean), the
+hard-attention LSTM starting from that one (`--init-from`), and the blind baseline, evaluates them on the
+test split with beam 3 and writes `assets/weights/soft/` and `assets/weights/hard/` (float16 safetensors + JSON + model card).
 
 `torchrun --nproc_per_node=N -m train fit ...` trains data-parallel (train/distributed.py);
 `--batch-size` is then the global batch, split across the N processes.
@@ -43,15 +44,16 @@ from train.presets import PAPER_SCORES, PRESETS
 # attention mass 0.37 vs 0.43 (README "Train").
 # NOTE: h₀/c₀ from a learned constant ('zeros'), not from the mean annotation vector (§3.1.2): measured on
 # the scenes (10 epochs, seed 0, test split, beam 3) the mean-initialised model scored BLEU-4 0.563 / CIDEr
-# 4.82, the constant start 0.630 / 5.36, and 'glimpse' (mean, then one attention step before the first word)
-# 0.610 / 5.19. From the mean vector the first word could not tell two same-looking objects ("two purple
-# circles", 150 of 1,000 test scenes: CIDEr 0.78 there) from one; with the constant start the first
-# attention step has to look, and those scenes reach CIDEr 3.85 (bench/scst_runs.md).
+# 4.82, the constant start 0.630 / 5.36, and a mean start plus one attention step before the first
+# word (tried, not kept) 0.610 / 5.19. From the mean vector the first word could not tell two
+# same-looking objects ("two purple circles", 150 of 1,000 test scenes: CIDEr 0.78 there) from one;
+# with the constant start the first attention step has to look, and those scenes reach CIDEr 3.85
+# (bench/scst_runs.md). Hard attention keeps the mean start (VARIANTS in train/variants.py says why).
 DEFAULT_MODEL = ModelConfig(feature_map="stride16", image_size=0, embed_dim=256, attention_dim=128, decoder_dim=256,
                             dropout=0.5, init_state="zeros")
 # NOTE: 10 epochs since training skips padding (≈ 30–38 s per epoch on 2 cores, was ≈ 48 s): the soft
-# model's validation BLEU-4 still rises at epochs 8–9. The hard model trains 4 more epochs from the soft
-# one (WARM_STARTS in train/variants.py); from scratch it reached test BLEU-4 0.404 at 6, 0.438 at 10.
+# model's validation BLEU-4 still rises at epochs 8–9. The hard model trains 4 more epochs from a
+# mean-start soft one (WARM_STARTS in train/variants.py); from scratch it reached test BLEU-4 0.404 at 6, 0.438 at 10.
 DEFAULT_TRAIN = TrainConfig()  # NOTE: one source of defaults: `fit()` from Python trains what the CLI trains
 BLIND_EPOCHS = 2
 

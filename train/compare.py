@@ -194,6 +194,14 @@ def _warm_note(results: list[dict], tc: TrainConfig) -> str:
     return "".join(notes)
 
 
+def _start_note(results: list[dict]) -> str:
+    mean = [r["name"] for r in results if VARIANTS.get(r["name"], {}).get("init_state") == "mean"]
+    if not mean:
+        return ""
+    return (f" LSTM start state h₀/c₀: from the mean annotation vector (§3.1.2) in the {', '.join(mean)} rows, "
+            f"a learned constant in the other LSTM rows (the GRU starts from 0).")
+
+
 def write_results(results: list[dict], out_dir: Path, *, command: str, tc: TrainConfig, base: ModelConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results, indent=2)
@@ -213,6 +221,6 @@ def write_results(results: list[dict], out_dir: Path, *, command: str, tc: Train
             f"(chance: a uniform map). Steer: share of object words that become another object's shape when "
             f"the word's attention is forced onto that object's centre (chance {STEER_CHANCE:.3f}: a random shape word). The + SCST rows fine-tune by self-critical sequence training on CIDEr-D "
             f"(early stopping on validation CIDEr-D of greedy captions); the ceiling row scores each image's "
-            f"last reference against the others.{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
+            f"last reference against the others.{_start_note(results)}{_warm_note(results, tc)}\n\n" + "\n".join(lines) + f"\n\nProduced by `{command}`.\n")
     (out_dir / "results.md").write_text(text, encoding="utf-8")
     print(text)

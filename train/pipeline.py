@@ -355,20 +355,17 @@ def run_extract(cfg: ModelConfig, dc: DataConfig, *, device: str = "auto", progr
 def run_default(cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, *, weights_root: Path, runs: Path,
                 blind_epochs: int, beam_size: int = 3, device: str = "auto", progress: bool = True,
                 command: str = "python -m train") -> dict[str, dict]:
-    """The bundled weights: soft and hard attention (LSTM) plus the blind baseline, one data pass.
-    Hard attention warm-starts from a soft model with the paper's mean start state (WARM_STARTS),
-    trained here as well and kept in `runs/` (not shipped)."""
+    """The bundled weights: soft and hard attention (LSTM) plus the blind baseline, one data pass. Hard
+    attention warm-starts from a mean-start soft model (WARM_STARTS), trained here too, kept in `runs/`."""
     t_start = time.time()
     dev = resolve_device(device)
     prep = prepare(dc, cfg, device=dev, progress=progress)
-    trained = {}
-    source = WARM_STARTS["hard"][0]
+    trained, source = {}, WARM_STARTS["hard"][0]
     with CaptionScorer() as scorer:
         src_cfg = complete_config(cfg.replace(**VARIANTS[source]), prep.vocab, prep.cache)
         src_model, _, _ = train_one(src_cfg, tc, prep.dc, records=prep.records, cache=prep.cache, vocab=prep.vocab,
                                     run_dir=runs / source, device=dev, resume=False, progress=progress)
-        src_folder = save_weights(runs / source / "weights", state_dict=src_model.state_dict(), config=src_cfg,
-                                  vocab=prep.vocab)
+        src_folder = save_weights(runs / source / "weights", state_dict=src_model.state_dict(), config=src_cfg, vocab=prep.vocab)
         for name in ("soft", "hard"):
             vtc = variant_train_config(name, tc, source=src_folder if name in WARM_STARTS else None)
             trained[name] = fit_and_evaluate(prep, cfg.replace(**VARIANTS[name]), vtc, run_dir=runs / name,

@@ -48,17 +48,22 @@ def test_compare_writes_every_row_and_reuses_trained_variants(tmp_path, capsys):
         params = {r["name"]: r["params"] for r in rows}
         assert params["uniform"] < params["soft"] and params["word_frequency"] == 0
         by = {r["name"]: r for r in rows}
-        # hard attention starts from the soft row's weights; its budget counts both trainings
-        assert by["hard"]["init_from"] == "soft" and "init_from" not in by["soft"]
-        assert by["hard"]["train_seconds"] == pytest.approx(by["hard"]["own_train_seconds"] + by["soft"]["train_seconds"], abs=0.11)
+        # hard attention starts from the mean-start soft row's weights; its budget counts both trainings
+        assert by["hard"]["init_from"] == "soft-mean" and "init_from" not in by["soft"]
+        assert by["hard"]["train_seconds"] == pytest.approx(by["hard"]["own_train_seconds"] + by["soft-mean"]["train_seconds"], abs=0.11)
         hard_tc = json.loads((runs / "hard" / "weights" / "train_config.json").read_text())
-        assert hard_tc["init_from"].endswith("soft/weights") and hard_tc["epochs"] == 1
+        assert hard_tc["init_from"].endswith("soft-mean/weights") and hard_tc["epochs"] == 1
+        # the start state each row was trained with: the flag's default (constant) unless VARIANTS says 'mean'
+        start = {n: json.loads((runs / n / "weights" / "config.json").read_text())["init_state"]
+                 for n in ("soft", "soft-mean", "hard", "dot")}
+        assert start == {"soft": "zeros", "soft-mean": "mean", "hard": "mean", "dot": "mean"}
         table = (tmp_path / "out" / "results.md").read_text()
         assert "| pointing | chance | steer | params |" in table and "Steer: share of object words" in table
         assert all(f"| {name} |" in table for name in params if not by[name].get("init_from"))
         assert "| soft + SCST (from soft) |" in table and "| hard + SCST (from hard) |" in table
         assert json.loads((runs / "soft+scst" / "weights" / "train_config.json").read_text())["scst"] is True
-        assert "| hard (from soft) |" in table and "starts from the soft row's weights" in table
+        assert "| hard (from soft-mean) |" in table and "starts from the soft-mean row's weights" in table
+        assert "mean annotation vector (§3.1.2) in the soft-mean, hard, dot, uniform, hard+scst rows" in table
         capsys.readouterr()
         assert train_main(args) == 0  # second run: nothing retrained
         out = capsys.readouterr().out
