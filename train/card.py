@@ -30,7 +30,8 @@ def _attention_line(cfg: ModelConfig) -> str:
 def _init_line(tc: TrainConfig) -> str:
     if not tc.init_from:
         return ""
-    return f"- Initialised from the weights in `{tc.init_from}` (warm start), then trained as below.\n"
+    where = " (a run folder of the training machine, not shipped)" if tc.init_from.startswith("runs/") else ""
+    return f"- Initialised from the weights in `{tc.init_from}`{where} (warm start), then trained as below.\n"
 
 
 def _training_line(tc: TrainConfig) -> str:
@@ -52,6 +53,10 @@ def _grounding_line(metrics: dict) -> str:
             f"(chance {g['chance_mass']:.3f}) over {g['n_words']} words.\n")
 
 
+START_STATES = {"mean": "from the mean annotation vector (§3.1.2)", "zeros": "a learned constant (init_state zeros)"}
+"""How a card names `ModelConfig.init_state`."""
+
+
 def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: dict, history: list[dict],
                seconds: float, command: str, counts: dict[str, int]) -> str:
     rows = [("this model", metrics)] + ([("blind baseline", metrics["blind"])] if "blind" in metrics else [])
@@ -66,7 +71,7 @@ def model_card(*, cfg: ModelConfig, tc: TrainConfig, dc: DataConfig, metrics: di
 
 {warning}- Data: `{dc.dataset}` ({', '.join(f'{k} {v}' for k, v in counts.items())} images); vocabulary {cfg.vocab_size} tokens (min count {dc.min_freq}), captions ≤ {cfg.max_len} words.
 - Encoder: `{cfg.encoder}` ({cfg.feature_map} feature map, {cfg.grid[0]}×{cfg.grid[1]}×{cfg.encoder_dim}, {cfg.image_size} px, {cfg.resize}), ImageNet weights, {"frozen" if not cfg.finetune_blocks else f"last {cfg.finetune_blocks} blocks fine-tuned"}.
-- Decoder: {cfg.decoder.upper()}, embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}, h₀/c₀ from {cfg.init_state}.
+- Decoder: {cfg.decoder.upper()}, embed {cfg.embed_dim}, attention {cfg.attention_dim}, hidden {cfg.decoder_dim}, dropout {cfg.dropout}, gate {cfg.gate}, h₀/c₀ {START_STATES.get(cfg.init_state, cfg.init_state)}.
 {_attention_line(cfg)}{_init_line(tc)}- Training: {len(history)} epochs ({_training_line(tc)}), Adam lr {tc.lr}, clip {tc.grad_clip}, λ(doubly stochastic) {tc.alpha_c}, seed {tc.seed}; {seconds / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}).
 - Test split, beam {metrics['beam_size']}, {metrics['n_images']} images (official COCO caption metrics, pycocoevalcap):
 
