@@ -141,7 +141,10 @@ def test_init_from_starts_hard_attention_from_the_soft_weights(trained, capsys):
     assert max((cold[k].float() - soft[k].float()).abs().max() for k in shared) > 0.05
     assert json.loads((tmp / "warm" / "train_config.json").read_text())["init_from"] == str(tmp / "weights")
     assert "Initialised from the weights in" in (tmp / "warm" / "README.md").read_text()
-    assert "initialised from" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "initialised from" in out
+    # the warm start says where the new model differs from its source (flags are not read from it)
+    assert f"note: this model differs from {tmp / 'weights'}'s: attention 'soft' → 'hard'" in out
 
 
 @pytest.mark.slow

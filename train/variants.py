@@ -90,12 +90,22 @@ def repo_relative(path: Path) -> str:
         return str(path.resolve())
 
 
+ARCH_FIELDS = ("attention", "decoder", "init_state", "gate", "dropout", "blind")
+"""Model settings a warm start reports when they differ from the source folder's config."""
+
+
 def warm_start(model: CaptionModel, folder: Path, vocab: Vocab) -> None:
     """Load a weights folder's tensors into a freshly built model (see TrainConfig.init_from)."""
-    tensors, _, saved_vocab, _ = read_weights(folder)
+    tensors, saved_cfg, saved_vocab, _ = read_weights(folder)
     if saved_vocab.itos != vocab.itos:
         raise WeightsError(f"--init-from {folder}: its vocabulary ({len(saved_vocab)} tokens) differs from "
                            f"this dataset's ({len(vocab)} tokens); a warm start needs the same vocabulary")
     kept = load_into(model, tensors, source=f"--init-from {folder}", partial=True)
     if D.current().is_main:
         print(f"initialised from {folder}" + (f" (kept at their initial value: {', '.join(kept)})" if kept else ""))
+        # NOTE: flags are not read from the source folder: say when the model differs from it (e.g. SCST
+        # of the hard weights without --attention hard --init-state mean would train another model)
+        diff = [f"{k} {getattr(saved_cfg, k)!r} → {getattr(model.config, k)!r}" for k in ARCH_FIELDS
+                if getattr(saved_cfg, k) != getattr(model.config, k)]
+        if diff:
+            print(f"note: this model differs from {folder}'s: {', '.join(diff)}")
