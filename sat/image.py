@@ -49,7 +49,8 @@ def load_image(source: str | Path | bytes | Image.Image, *,
 
     `decode_for` (a model's preprocessing settings, `ModelConfig.preprocessing`): a JPEG is decoded
     at the smallest DCT scale (1, 1/2, 1/4 or 1/8) that still leaves the upright photo at least as
-    large as `preprocess` will resize it to; `model_input` is the one caller. Other formats, and
+    large as `preprocess` will resize it to (`model_input`; the app decodes once this way and captions the
+    decoded image several times, the same input bit for bit). Other formats, and
     JPEGs under twice that size on either side, decode bit for bit as without it.
     """
     name = "image"

@@ -10,6 +10,7 @@ through `sat.image.load_image` (one decoding path, our error messages) and every
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -253,6 +254,7 @@ def caption_upload(slots: list[ModelSlot], source: str | Path | bytes | Image.Im
     opts = options.checked()
     image = load_image(source)
     result = StudioResult(display=display_copy(image), size=image.size)
+    decoded: dict[str, Image.Image] = {}  # NOTE: one model-input decode per preprocessing, not per model
     for slot in slots:
         if not slot.ready:
             result.errors[slot.name] = slot.error or "not loaded"
@@ -260,10 +262,13 @@ def caption_upload(slots: list[ModelSlot], source: str | Path | bytes | Image.Im
         cap = slot.captioner
         assert cap is not None
         try:
+            # NOTE: not the display image: the source decoded as `sat.image.model_input` decodes it for
+            # this model's input size (the JPEG draft, as in training), the same input bit for bit
+            key = json.dumps(cap.config.preprocessing, sort_keys=True)
+            if key not in decoded:
+                decoded[key] = load_image(source, decode_for=cap.config.preprocessing)
             with torch.inference_mode():
-                # NOTE: the source, not the decoded display image: each model decodes it as
-                # `sat.image.model_input` does for its input size (the JPEG draft), as in training
-                out = cap.caption(source, mode=opts.mode, beam_size=opts.beam_size, max_len=opts.max_len,
+                out = cap.caption(decoded[key], mode=opts.mode, beam_size=opts.beam_size, max_len=opts.max_len,
                                   temperature=opts.temperature, length_penalty=opts.length_penalty,
                                   no_repeat_ngram_size=opts.no_repeat_ngram_size)
         except Exception as e:  # noqa: BLE001 — this column fails, the others keep their captions

@@ -80,10 +80,12 @@ def steer_upload(slots: list[ModelSlot], source: str | Path | bytes, name: Any, 
               length_penalty=opts.length_penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size)
     if opts.mode == "sample":
         kw["seed"] = 0  # NOTE: the same draws before and after the click, so only the gaze differs
+    # NOTE: decoded once for both captions, as `sat.image.model_input` decodes it for this model
+    # (the JPEG draft, as in training); captioning the decoded image gives the same input bit for bit
+    seen = load_image(source, decode_for=cfg.preprocessing)
     with torch.inference_mode():
-        # NOTE: the source, decoded for the model as in training (sat.image.model_input)
-        original = cap.caption(source, **kw)
-        steered = cap.caption(source, force={int(t): cell}, **kw)
+        original = cap.caption(seen, **kw)
+        steered = cap.caption(seen, force={int(t): cell}, **kw)
     return Steered(slot.name, original, steered, int(t), px, py, cell, image.size, slot.spec)
 
 
