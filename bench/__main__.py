@@ -82,7 +82,7 @@ def run_part(part: str, a: argparse.Namespace, res: dict[str, Any]) -> dict[str,
         from .extraction import bench_extract
         if a.quick:
             return bench_extract(n_photos=8, size=(160, 120), batch=4, workers=2, repeats=1)
-        return bench_extract(n_photos=a.extract_photos, batch=32, workers=a.extract_workers, repeats=3,
+        return bench_extract(n_photos=a.extract_photos, batch=32, workers=a.extract_workers, repeats=5,
                              device=a.extract_device)
     if part == "coco":
         from .streaming import bench_coco

@@ -81,12 +81,15 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{_fmt(g('train_memory_images'))} images' features in RAM: {_fmt(g('train_memory_features_mb'))} MB", ""),
         ("Peak RSS, app after one caption (MB)", _fmt(g("peak_rss_mb_app")),
          f"after start: {_fmt(g('app_rss_mb_after_start'))} MB", ""),
-        (f"Feature extraction, {_fmt(g('extract_workers'))} decode workers (images/s)", _fmt(g("extract_images_per_s")),
+        ("Feature extraction, default decoding (images/s)", _fmt(g("extract_images_per_s")),
          f"{_fmt(g('extract_photos'))} JPEGs {_fmt(g('extract_photo_size'))}, batch {_fmt(g('extract_batch'))}, "
-         f"{_fmt(g('extract_device'))}; decoding in the main process: {_fmt(g('extract_images_per_s_workers0'))}; "
+         f"{_fmt(g('extract_device'))}: {_fmt(g('extract_workers'))} worker processes, "
+         f"{_fmt(g('extract_decode_threads'))} decode threads; with {_fmt(g('extract_process_workers'))} worker "
+         f"processes instead: {_fmt(g('extract_images_per_s_processes'))} images/s "
+         f"({_fmt(g('extract_vs_encoder_processes'), '×')}, per round {_rounds(g('extract_rounds_vs_encoder_processes'))}); "
          f"load average {_fmt(g('extract_loadavg_1min_before'))} → {_fmt(g('extract_loadavg_1min_after'))}", ""),
         ("… vs the encoder alone on decoded images", _fmt(g("extract_vs_encoder"), "×"),
-         f"encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s (best of rounds; "
+         f"median of the rounds' own ratios; encoder only, 224 px: {_fmt(g('extract_encoder_only_images_per_s'))} images/s (best of rounds; "
          f"rounds {_rounds(g('extract_rounds_images_per_s'))} vs {_rounds(g('extract_rounds_encoder_only_images_per_s'))}, "
          f"per round {_rounds(g('extract_rounds_vs_encoder'))}); "
          f"decoding alone: {_fmt(g('extract_decode_only_images_per_s'))} images/s "

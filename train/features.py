@@ -13,9 +13,10 @@ serves stale maps. A killed extraction resumes at the last
 flushed row; a cache without meta.json is never served. An unreadable image is skipped: its row
 stays zero, it is counted and listed in meta.json, and `valid` excludes it.
 
-Images are decoded and preprocessed by DataLoader worker processes (`workers`) while the encoder
-runs on the previous batch, in order, so the cache's bytes do not depend on the number of workers;
-on CUDA the batches come through pinned memory.
+Images are decoded and preprocessed a batch at a time (`ImageBatches`): on CUDA by DataLoader worker
+processes while the encoder runs on the previous batch, the batches coming through pinned memory; on
+the CPU by a pool of threads in this process between the encoder's batches (the encoder already uses
+every core there). Batches arrive in order, so the cache's bytes depend on neither.
 
 Under torchrun the ranks share the work: rank r extracts rows i ≡ r (mod world) into the same
 memory-mapped file (rank 0 creates it), keeps its own progress file (progress.json is rank 0's,
@@ -29,6 +30,7 @@ import inspect
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -133,35 +135,72 @@ def collate_images(items: list[torch.Tensor | str]) -> tuple[torch.Tensor | None
     return (torch.stack([items[j] for j in ok]) if ok else None), ok, errors
 
 
-def decode_workers(requested: int | None = None) -> int:
-    """DataLoader workers that decode images: `requested`, or by default min(8, this process's share
-    of the CPU cores it may use: cores / processes on this machine under torchrun).
+class ImageBatches(Dataset):
+    """Item k: images [k·batch_size, (k+1)·batch_size) of `images` as `collate_images` returns them,
+    decoded by `threads` threads.
 
-    NOTE: on a GPU the encoder outruns JPEG decoding (bench/extraction.py), so workers are what sets
-    the pace; on a CPU they share the encoder's cores, and a few hide the decoding."""
+    NOTE: PIL decodes and resizes with the GIL released, so threads scale with the cores (a 640×480
+    JPEG for 224 px: 4.0 ms on one thread, 2.0 ms per image on two here); unlike worker processes
+    they pass no image between processes and never run beside the encoder's own threads."""
+
+    def __init__(self, images: ImageFiles, *, batch_size: int, threads: int = 1):
+        self.images, self.batch_size, self.threads = images, batch_size, max(1, threads)
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+        rows = range(k * self.batch_size, min(len(self.images), (k + 1) * self.batch_size))
+        if self.threads == 1 or len(rows) == 1:
+            return collate_images([self.images[i] for i in rows])
+        with ThreadPoolExecutor(min(self.threads, len(rows)), thread_name_prefix="decode") as pool:
+            return collate_images(list(pool.map(self.images.__getitem__, rows)))  # NOTE: map keeps order
+
+
+def _cores() -> int:
+    """The CPU cores this process may use (its affinity mask)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def decode_workers(requested: int | None = None, device: torch.device | str = "cpu") -> int:
+    """DataLoader worker processes that decode images: `requested`; by default none on the CPU
+    (threads in this process decode, `decode_threads`) and on a GPU min(8, this process's share of the
+    CPU cores: cores / processes on this machine under torchrun).
+
+    NOTE: on a GPU the encoder outruns JPEG decoding, so workers decoding ahead are what sets the
+    pace. On a CPU the encoder already keeps every core busy: workers beside it only take cores away
+    (and its OpenMP threads wait for the one a worker preempted), so threads decode between batches.
+    Measured on 2 cores (bench/extraction.py, 5 rounds): threads 0.91× the encoder-only rate (median,
+    rounds 0.87–0.98), 2 worker processes 0.90× (0.83–1.02): no slower, with no process to start."""
     if requested is not None:
         if requested < 0:
             raise ValueError(f"decode workers must be 0 (decode in this process) or more, got {requested}")
         return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    if torch.device(device).type == "cpu":
+        return 0
+    return max(1, min(8, _cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+def decode_threads(workers: int) -> int:
+    """Threads decoding each batch: one per worker process, else as many as torch's own threads."""
+    return 1 if workers else max(1, min(_cores(), torch.get_num_threads()))
 
 
 def image_loader(paths: Sequence[str | Path], preprocessing: dict[str, Any], *, batch_size: int,
                  workers: int, device: torch.device) -> DataLoader:
-    """Batches of `collate_images`, in order, decoded by `workers` processes ahead of the encoder.
+    """Batches of `collate_images`, in order: decoded by `workers` processes ahead of the encoder
+    (each batch by one worker) or, with none, by `decode_threads` threads in this process.
 
-    NOTE: decoding + preprocessing a 640×480 JPEG costs ≈ 3 CPU ms with the JPEG draft (≈ 6 without)
-    next to ≈ 36 ms of Lite0's per image here (bench/extraction.py), and on a GPU likely more than the
-    encoder (not measured); processes, not the one thread used before, scale with the cores and keep
-    the Python glue off the main process's GIL. Order is kept (no shuffle, in-order delivery), so the cache does not depend on the
-    number of workers."""
-    return DataLoader(ImageFiles(paths, preprocessing), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_images, pin_memory=device.type == "cuda",
-                      prefetch_factor=2 if workers else None)
+    NOTE: decoding + preprocessing a 640×480 JPEG costs ≈ 4 CPU ms with the JPEG draft (≈ 6 without)
+    next to ≈ 34 ms of Lite0's per image here (bench/extraction.py), and on a GPU likely more than the
+    encoder (not measured). Order is kept (no shuffle, in-order delivery), so the cache does not
+    depend on the number of workers or threads."""
+    batches = ImageBatches(ImageFiles(paths, preprocessing), batch_size=batch_size, threads=decode_threads(workers))
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
 
 
 def progress_file(rank: int) -> str:
@@ -228,7 +267,8 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     bench/ reports the speed-up and the drift on this machine).
 
     `workers`: DataLoader processes decoding images while the encoder runs (`decode_workers`: None =
-    min(8, the CPU cores per process); 0 = decode in this process). The cache is the same either way.
+    none on the CPU, min(8, the CPU cores per process) on a GPU; 0 = decode in this process, with one
+    thread per core). The cache is the same either way.
 
     Under torchrun every rank calls this with the same arguments and gets the same cache back.
     """
@@ -236,7 +276,7 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
         raise ValueError("paths and ids must have the same length and ids must be unique")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    decode_workers(workers)  # NOTE: a bad count is an error before any file is touched
+    decode_workers(workers, device)  # NOTE: a bad count is an error before any file is touched
     path = Path(cache_dir) / cache_key(encoder, dataset_root=dataset_root, ids=ids, bf16=bf16, **preprocessing)
     image_size = _preprocessing(preprocessing)["image_size"]
     cache = open_cache(path)
@@ -263,7 +303,7 @@ def extract_features(paths: Sequence[str | Path], ids: Sequence[str], *, encoder
     maps = np.memmap(path / DATA, dtype=np.float16, mode="r+", shape=shape)
     bar = tqdm(total=len(mine), initial=done, desc="features", unit="img", disable=not (progress and ctx.is_main))
     loader = image_loader([paths[i] for i in mine[done:]], preprocessing, batch_size=batch_size,
-                          workers=decode_workers(workers), device=torch.device(device))
+                          workers=decode_workers(workers, device), device=torch.device(device))
     start = done
     with torch.inference_mode():
         for x, ok, errors in loader:

@@ -63,8 +63,9 @@ class DataConfig:
     """Extract features under bfloat16 autocast (faster where the CPU has AMX/AVX512-BF16 or on
     CUDA; the maps drift slightly, see bench/results.md; a separate cache)."""
     extract_workers: int = -1
-    """Feature extraction: DataLoader processes decoding images while the encoder runs (-1 = min(8, the CPU
-    cores per process); 0 = decode in the main process). The cache is the same whatever the count."""
+    """Feature extraction: DataLoader processes decoding images while the encoder runs (-1 = automatic:
+    min(8, CPU cores per process) on a GPU, none on a CPU; 0 = threads in the main process). The cache
+    is the same whatever the count."""
 
     def __post_init__(self) -> None:
         if self.extract_workers < -1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -121,6 +122,29 @@ def test_decode_workers_write_the_same_bytes_and_resume_a_partial_cache(tmp_path
     assert resumed.failed == inline.failed == {k: inline.failed[k] for k in ("img4.png", "img9.png")}
 
 
+def test_threads_decode_the_same_batches_in_order(tmp_path, monkeypatch):
+    paths = make_images(tmp_path / "imgs", 7, broken={2, 5})
+    pp = {"image_size": 64, "resize": "crop"}
+    seen = []
+    real = F._load
+
+    def spy(path, preprocessing):
+        seen.append(threading.current_thread().name)
+        return real(path, preprocessing)
+
+    monkeypatch.setattr(F, "_load", spy)
+    one = F.ImageBatches(F.ImageFiles(paths, pp), batch_size=3, threads=1)
+    three = F.ImageBatches(F.ImageFiles(paths, pp), batch_size=3, threads=3)
+    assert len(one) == len(three) == 3  # 3 + 3 + 1 images
+    for k in range(3):
+        (xa, oka, erra), (xb, okb, errb) = one[k], three[k]
+        assert torch.equal(xa, xb) and oka == okb and erra == errb
+    assert one[0][1] == [0, 1] and list(one[0][2]) == [2] and "img2.png" in one[0][2][2]
+    assert one[1][1] == [0, 1] and list(one[1][2]) == [2] and "img5.png" in one[1][2][2]  # rows 3-5
+    assert one[2][0].shape == (1, 3, 64, 64)
+    assert any(name.startswith("decode") for name in seen)  # the pool really decoded
+
+
 def test_collate_keeps_failed_images_apart():
     a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
     x, ok, errors = F.collate_images([a, "broken: x.png", b, "empty: y.png"])
@@ -133,11 +157,19 @@ def test_collate_keeps_failed_images_apart():
 def test_decode_workers_default_and_bad_counts(tmp_path, monkeypatch):
     monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert F.decode_workers() == 8 and F.decode_workers(0) == 0 and F.decode_workers(11) == 11
+    gpu = torch.device("cuda")
+    assert F.decode_workers(device=gpu) == 8 and F.decode_workers(0, gpu) == 0 and F.decode_workers(11, gpu) == 11
+    assert F.decode_workers() == 0 and F.decode_workers(device="cpu") == 0  # the CPU decodes with threads
+    assert F.decode_workers(3, "cpu") == 3  # asked for: given
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on 16 cores: 2 each
-    assert F.decode_workers() == 2
+    assert F.decode_workers(device=gpu) == 2
     monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert F.decode_workers() == 1
+    assert F.decode_workers(device=gpu) == 1
+    # threads: one per worker process; without workers, torch's threads (at most the cores)
+    monkeypatch.setattr(F.torch, "get_num_threads", lambda: 4)
+    assert F.decode_threads(2) == 1 and F.decode_threads(0) == 1  # one core allowed
+    monkeypatch.setattr(F.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert F.decode_threads(0) == 4 and F.decode_threads(5) == 1
     with pytest.raises(ValueError, match="decode workers"):
         extract(make_images(tmp_path / "imgs", 2), tmp_path / "imgs", tmp_path / "c", workers=-1)
     assert not (tmp_path / "c").exists()
