@@ -12,7 +12,8 @@ settings change another; redraws run alongside):
 - overlay settings (style, plain image, opacity, smoothing) → redraw both overlays (and the
   legends); on release / change → rewrite the grids;
 - a click on a column's picture → that model re-decodes with the selected word's attention forced
-  onto the clicked point ("If word t looked here: …", studio/steering.py); its reset clears it, and
+  onto the clicked point (the word picked last in the page, even before its round trip is back:
+  studio/scripts.py) ("If word t looked here: …", studio/steering.py); its reset clears it, and
   so does a new caption. `/steer` (API only): image, model name, word (from 1), x, y, decoding options;
 - `/caption` (API only, a hidden button): both models' captions as JSON; inputs: image, mode, beam,
   temperature, max length, then length penalty and no-repeat n-gram size (optional: slider defaults).
@@ -27,7 +28,8 @@ from sat.search import MAX_LENGTH_PENALTY
 
 from .components import Number, PhotoInput, Radio, Slider
 from .inference import DEFAULT_NO_REPEAT_NGRAM, MAX_LEN_LIMIT, MAX_NO_REPEAT_NGRAM, TITLES, trained_on
-from .ui import CHIP_JS, LINK_RULE, SCROLL_JS
+from .scripts import CHIP_JS, SCROLL_JS, steer_word_js
+from .ui import LINK_RULE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ui import Studio
@@ -180,7 +182,9 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
             def steer_click(evt: gr.SelectData, result, path, position, *opts, _name=name):
                 return studio.on_steer(_name, evt.index, result, path, position, *opts)
 
+            # NOTE: js: a click made before a chip's round trip is back steers the chip's word (studio/scripts.py)
             cols[name]["overlay"].select(steer_click, [state, upload, cols[name]["slider"], *decoding], steer_out,
+                                         js=steer_word_js(name, position=2),
                                          api_visibility="private", concurrency_id="caption",
                                          concurrency_limit=CAPTION_CONCURRENCY, trigger_mode="always_last")
             cols[name]["reset"].click(studio.on_steer_reset, None, steer_out, api_visibility="private")

@@ -83,25 +83,6 @@ CSS = """
 LINK_RULE = ("Link the columns: the other column shows the same word number "
              "(its last word when its caption is shorter)")
 PROB_HELP = "the model's probability for this word, given the image and the words before it"
-CHIP_JS = """
-element.addEventListener('click', (e) => {
-  const copy = e.target.closest('.sat-copy');
-  if (copy) {
-    const text = copy.dataset.copy;
-    const done = () => { copy.textContent = 'Copied ✓'; };
-    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done);
-    else { const t = document.createElement('textarea'); t.value = text; document.body.appendChild(t);
-           t.select(); document.execCommand('copy'); t.remove(); done(); }
-    return;
-  }
-  const chip = e.target.closest('.sat-chip');
-  if (chip) trigger('click', {index: Number(chip.dataset.i)});
-});
-"""
-"""Chips are buttons: a click sends the word's index (0-based) as the HTML component's click event."""
-SCROLL_JS = """() => { if (window.innerWidth <= 768) {
-  document.querySelector('#soft-column')?.scrollIntoView({block: 'start'}); } }"""
-"""Phones, after a caption: bring the first result column (caption, then overlay) to the top."""
 GRID_MAX_AGE_S = 3600
 QUEUE_SIZE = 256
 """Requests waiting in Gradio's queue; beyond it a request gets Gradio's 'Queue is full, try again'

@@ -182,3 +182,40 @@ def test_a_steering_click_changes_the_caption(app_url, tmp_path, width, height):
         page.click("#soft-steer-reset")
         page.wait_for_function("() => !document.querySelector('#soft-steer .sat-steered')")
         assert not page.locator("#soft-steer-reset").is_visible()
+
+
+# a chip click and a picture click in the same task of the page: the chip's round trip cannot be back
+# when the picture's event is sent, as for a person tapping the word, then the picture, quickly
+TAP_WORD_THEN_PICTURE = """([chipCol, k, picCol, fx, fy]) => {
+  document.querySelectorAll(`#${chipCol}-caption .sat-chip`)[k - 1].click();
+  const img = document.querySelector(`#${picCol}-overlay img`), r = img.getBoundingClientRect();
+  const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight, 1);
+  const x = r.left + (r.width - img.naturalWidth * s) / 2 + fx * img.naturalWidth * s;
+  const y = r.top + (r.height - img.naturalHeight * s) / 2 + fy * img.naturalHeight * s;
+  img.dispatchEvent(new MouseEvent('click', {bubbles: true, clientX: x, clientY: y}));
+}"""
+
+
+def test_a_picture_click_right_after_a_word_click_steers_that_word(app_url):
+    """The word picked last steers, even when the picture is clicked before the word's round trip
+    is back; with the columns linked, the other column's picture steers the same word number
+    (clamped to its caption)."""
+    with open_page(app_url) as page:
+        upload(page, str(OTHER))
+        wait_for_captions(page)
+        wait_idle(page)
+        soft, hard = chips(page, "soft"), chips(page, "hard")
+        t = soft.index("circle") + 1
+        assert not page.inner_text("#soft-word").startswith(f"Word {t} "), "pick a word not selected yet"
+        page.evaluate(TAP_WORD_THEN_PICTURE, ["soft", t, "soft", 158 / 224, 114 / 224])  # the red star
+        page.wait_for_selector("#soft-steer .sat-steered", timeout=60_000)
+        assert f"If word {t} looked here" in page.inner_text("#soft-steer")
+        assert page.inner_text("#soft-steer .sat-steered").split()[t - 1] == "star"
+        word_is(page, "soft", f"Word {t} of")
+        wait_idle(page)
+        # linked: a soft word, then at once the hard picture → the hard model's same word number
+        u = len(soft)  # the soft caption's last token
+        assert u != t
+        page.evaluate(TAP_WORD_THEN_PICTURE, ["soft", u, "hard", 0.5, 0.5])
+        page.wait_for_selector("#hard-steer .sat-steered", timeout=60_000)
+        assert f"If word {min(u, len(hard))} looked here" in page.inner_text("#hard-steer")
