@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .kernels import use_cpu_kernels
+from .kernels import tanh_, use_cpu_kernels
 from .registry import registrar
 
 if TYPE_CHECKING:
@@ -131,11 +131,11 @@ class SoftAttention(Attention):
         rows = max(1, self.CHUNK_ELEMENTS // max(1, L * A))
         with _float32(keys):
             if torch.is_grad_enabled() or B <= rows or not use_cpu_kernels(keys):
-                e = self.score((keys + q).tanh_()).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
+                e = self.score(tanh_(keys + q)).squeeze(-1)  # (B, L); NOTE: in place, one (B, L, A) buffer less
             else:
                 # NOTE: search runs B = images × beams rows: a (B, L, A) intermediate of tens of MB goes
                 # through memory three times per step; chunks of ~1 MB stay in cache (2–4× faster here).
-                e = torch.cat([self.score((keys[i:i + rows] + q[i:i + rows]).tanh_()).squeeze(-1)
+                e = torch.cat([self.score(tanh_(keys[i:i + rows] + q[i:i + rows])).squeeze(-1)
                                for i in range(0, B, rows)])  # (B, L)
             return torch.softmax(e, dim=-1)
 

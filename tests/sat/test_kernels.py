@@ -115,3 +115,25 @@ def test_the_plain_path_makes_every_position_and_reads_nothing_on_the_host():
     assert logits.shape == (3, 5, 11) and packed.shape == (int(mask.sum()), 11)
     assert torch.allclose(logits[mask], packed, atol=1e-6) and torch.allclose(alphas, alphas_p, atol=1e-6)
     assert (alphas[~mask] == 0).all()
+
+
+def test_sigmoid_tanh_matches_tanh_in_value_and_gradient():
+    from sat.kernels import tanh_
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(4000) * 4, torch.tensor([0.0, 1e-8, -1e-5, 30.0, -30.0, 1e4])])
+    for mode in ("on", "off"):
+        leaf = x.clone().requires_grad_()
+        with cpu_kernels(mode):
+            y = tanh_(leaf * 1.0)  # a temporary, as in the attention
+            assert not torch.isnan(y).any()
+            assert torch.allclose(y, torch.tanh(x), rtol=0, atol=3e-7), mode
+            (y * torch.linspace(-1, 1, len(x))).sum().backward()
+        expected = torch.linspace(-1, 1, len(x)) * (1 - torch.tanh(x) ** 2)
+        assert torch.allclose(leaf.grad, expected, rtol=1e-5, atol=1e-6), mode
+        with torch.no_grad(), cpu_kernels(mode):
+            t = x.clone()
+            assert tanh_(t) is t and torch.allclose(t, torch.tanh(x), atol=3e-7)  # in place
+    on = x.clone()
+    with torch.no_grad(), cpu_kernels("on"):
+        tanh_(on)
+    assert not torch.equal(on, torch.tanh(x))  # the σ form really ran (it rounds differently)
