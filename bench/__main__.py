@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--only train,beam,...] [--out-dir bench]`: measure, then write
 `results.json` (every figure, the machine, the commands) and `results.md` (the README's table).
 
-Parts (all by default): matmul, train, engine, beam, latency, encoder, memory, extract, coco (engine:
+Parts (all by default): matmul, train, engine, tricks (bench/tricks.py), beam, latency, encoder, memory, extract, coco (engine:
 bench/engine.py; coco writes a 5.4 GB synthetic feature cache, --coco-dir keeps it for the next run). Each figure is tied to the
 machine it ran on and the command that produced it; `--merge` keeps the figures of parts not run
 this time from an existing results.json (each part records its own machine and command).
@@ -67,6 +67,9 @@ def run_part(part: str, a: argparse.Namespace, res: dict[str, Any]) -> dict[str,
         from .training import QUICK, TrainShape
         shape = QUICK if a.quick else TrainShape(batch=a.batch, vocab=a.vocab, steps=a.train_steps)
         return bench_engine(shape, device=torch.device("cpu"), compile=a.compile_engine)
+    if part == "tricks":
+        from .tricks import bench_tricks
+        return bench_tricks(rounds=1 if a.quick else 3, steps=1 if a.quick else 8, quick=a.quick)
     if part == "memory":
         args = ["-m", "bench.training", "--n-images", "64" if a.quick else "8000",
                 "--steps", "2" if a.quick else "20", *(["--quick"] if a.quick else [])]

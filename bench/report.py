@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-PARTS = ("matmul", "train", "engine", "beam", "latency", "encoder", "memory", "extract", "coco")
+PARTS = ("matmul", "train", "engine", "tricks", "beam", "latency", "encoder", "memory", "extract", "coco")
 
 # NOTE: always present in results.json (null when that part was not run), so readers need no guards.
 KEYS = ("train_speedup_vs_reference", "beam5_speedup_vs_per_image", "latency_ms_p50", "latency_ms_p95",
@@ -97,6 +97,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"extraction {_fmt(g('extract_cpu_ms_per_image'))}, encoder {_fmt(g('extract_encoder_only_cpu_ms_per_image'))} "
          f"(ratio {_fmt(g('extract_cpu_ratio'))})",
          _target("extract_vs_encoder", g("extract_vs_encoder"))),
+        ("CPU training tricks: freed memory kept in the heap (speed-up of a step)", _fmt(g("tricks_scenes_heap_speedup"), "×"),
+         f"bundled scenes model, vs glibc's default: {_rounds(g('tricks_scenes_step_ms_all'))} vs "
+         f"{_rounds(g('tricks_scenes_step_ms_heap-default'))} ms per step (peak RSS {_fmt(g('tricks_scenes_peak_rss_mb_all'))} "
+         f"vs {_fmt(g('tricks_scenes_peak_rss_mb_heap-default'))} MB); benchmark shape: {_fmt(g('tricks_bench_heap_speedup'), '×')}", ""),
+        ("… the attention's tanh as 2σ(2x) − 1", _fmt(g("tricks_scenes_tanh_speedup"), "×"),
+         f"vs torch's tanh: {_rounds(g('tricks_scenes_step_ms_torch-tanh'))} ms per step; benchmark shape: "
+         f"{_fmt(g('tricks_bench_tanh_speedup'), '×')}; median of interleaved rounds, one process per run", ""),
         ("Peak RSS per process, training on a COCO-sized cache, streamed (MB)", _fmt(g("peak_rss_mb_train_coco_scale")),
          f"{_fmt(g('coco_cache_gb'))} GB cache, {_fmt(g('coco_workers'))} loader workers (main "
          f"{_fmt(g('coco_peak_rss_mb_streamed_main'))}, children {_fmt(g('coco_peak_rss_mb_streamed_children'))}); "

@@ -130,6 +130,8 @@ def reference_flops_per_token(ref: TutorialDecoder, fmap: torch.Tensor, caps: to
 
 def bench_train(shape: TrainShape, *, bf16: bool = True) -> dict[str, Any]:
     """Tokens/s of ours and of the reference on identical batches; ours under bf16 autocast too."""
+    from sat.kernels import keep_freed_memory
+    keep_freed_memory()  # NOTE: as train/loop.py's fit on the CPU; the process-wide setting serves both
     ours, ref = build_pair(shape)
     ours.train()
     ref.train()

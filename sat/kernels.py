@@ -5,7 +5,8 @@ The kernels (each tested against the plain op it replaces):
   for all steps instead of one per step),
 - `sat.xent.token_nll` for `F.cross_entropy(..., reduction="none")` (cache-sized chunks),
 - the chunked tanh of `sat.attention.SoftAttention.weights` in search (B = images × beams rows),
-- `tanh_`: tanh(x) = 2σ(2x) − 1 for the attention's (B, L, A) tanh at every step (training and search).
+- `tanh_`: tanh(x) = 2σ(2x) − 1 for the attention's (B, L, A) tanh at every step (training and search),
+- `keep_freed_memory`: training on the CPU keeps freed blocks in the heap (glibc's malloc settings).
 
     with cpu_kernels("off"):          # "auto" (default) | "on" | "off"
         loss, stats = model(fmap, captions)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 from typing import Iterator
 
 import torch
@@ -82,3 +84,27 @@ def tanh_(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _SigmoidTanh.apply(x)
     return x.mul_(2).sigmoid_().mul_(2).sub_(1)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+HEAP_KEEP_BYTES = 32 << 20
+"""Freed blocks up to this size stay in the heap (glibc's largest mmap threshold on 64-bit)."""
+HEAP_TRIM_BYTES = 1 << 30
+"""Free memory at the top of the heap kept, not handed back to the OS."""
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """Tell glibc's malloc to keep freed blocks up to `HEAP_KEEP_BYTES` for reuse (`keep`), or go
+    back to its fixed default thresholds (128 KB). False where it cannot (not glibc).
+
+    NOTE: by default glibc maps every block over its (adaptive) threshold fresh from the OS and
+    trims the heap top when freed, so the (B, L, A) temporaries of every decoder step come back as
+    new pages, each a page fault on first touch. A scenes training step spends ~15 % of its time
+    so (bench/training.py, `heap` figures). The process keeps its high-water memory afterwards,
+    which a training run reaches anyway. Process-wide; training on the CPU sets it (train/loop.py)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap, trim = (HEAP_KEEP_BYTES, HEAP_TRIM_BYTES) if keep else (128 << 10, 128 << 10)
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap)) and bool(mallopt(M_TRIM_THRESHOLD, trim))

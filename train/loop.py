@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sat.atomic import write_json
-from sat.kernels import check_mode, cpu_kernels
+from sat.kernels import check_mode, cpu_kernels, keep_freed_memory, use_cpu_kernels
 from sat.model import CaptionModel, stats_to_floats
 from train import distributed as D
 from train.batches import Batch, CaptionData, FeatureRows, batch_loader  # noqa: F401 (re-exported)
@@ -228,6 +228,8 @@ def fit(model: CaptionModel, *, data: CaptionData, validate: Callable[[CaptionMo
         out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     model.to(device)
+    if use_cpu_kernels(next(model.parameters())):
+        keep_freed_memory()  # NOTE: CPU: no page faults for each step's temporaries (sat/kernels.py)
     engine = D.data_parallel(model, device)  # NOTE: DDP copies rank 0's weights to every rank
     tail = [p for p in model.tail.parameters() if p.requires_grad]
     groups = [{"params": list(model.decoder.parameters()), "lr": config.lr}]

@@ -81,6 +81,11 @@ def test_quick_run_writes_complete_results(tmp_path):
     assert res["latency_ms_p95"] >= res["latency_ms_p50"] > 0
     assert res["peak_rss_mb_train"] > 50 and res["peak_rss_mb_app"] > res["peak_rss_mb_train"] / 10
     assert "bf16 autocast channels-last" in res["encoder_variants"] or not m["bf16_supported"]
+    for shape in ("scenes", "bench"):  # the tricks part ran every variant's child per shape
+        ms = {v: res[f"tricks_{shape}_step_ms_{v}"] for v in ("all", "heap-default", "torch-tanh")}
+        assert all(len(v) == 1 and v[0] > 0 for v in ms.values()), ms
+        assert res[f"tricks_{shape}_heap_speedup"] == pytest.approx(ms["heap-default"][0] / ms["all"][0], abs=1e-3)
+        assert res[f"tricks_{shape}_tanh_speedup"] == pytest.approx(ms["torch-tanh"][0] / ms["all"][0], abs=1e-3)
     md = (tmp_path / "results.md").read_text()
     assert "Quick mode" in md and "| measurement | figure | compared with | target |" in md
     assert f"torch {torch.__version__}" in md and "python -m bench --quick" in md

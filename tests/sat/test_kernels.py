@@ -137,3 +137,29 @@ def test_sigmoid_tanh_matches_tanh_in_value_and_gradient():
     with torch.no_grad(), cpu_kernels("on"):
         tanh_(on)
     assert not torch.equal(on, torch.tanh(x))  # the σ form really ran (it rounds differently)
+
+
+def test_keep_freed_memory_sets_glibcs_thresholds(monkeypatch):
+    import ctypes
+
+    from sat import kernels
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert kernels.keep_freed_memory() is True
+    assert calls == [(kernels.M_MMAP_THRESHOLD, kernels.HEAP_KEEP_BYTES), (kernels.M_TRIM_THRESHOLD, kernels.HEAP_TRIM_BYTES)]
+    calls.clear()
+    assert kernels.keep_freed_memory(False) is True and calls == [(-3, 128 << 10), (-1, 128 << 10)]
+
+    def no_libc(name):
+        raise OSError("not glibc")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert kernels.keep_freed_memory() is False  # e.g. macOS: nothing set, nothing fails
+    monkeypatch.undo()

@@ -123,3 +123,12 @@ def test_fit_compiled_trains_as_eager(tmp_path):
 def test_cpu_kernels_setting_is_checked():
     with pytest.raises(ValueError, match="cpu_kernels must be one of"):
         TrainConfig(cpu_kernels="yes")
+
+
+@pytest.mark.parametrize("mode, asked", [("auto", True), ("off", False)])
+def test_cpu_training_keeps_freed_memory_in_the_heap(tmp_path, monkeypatch, mode, asked):
+    from train import loop
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(True))
+    run(tmp_path, 1, cpu_kernels=mode)
+    assert calls == ([True] if asked else [])
