@@ -88,8 +88,14 @@ class TutorialDecoder(nn.Module):
         self.load_state_dict(state, strict=True)
         return self
 
+    init_from_mean = True
+    """h_0, c_0 from the mean annotation vector (the tutorial's); False: from f_init's bias alone, as
+    our decoders with `init_state="zeros"` start (the bundled soft model)."""
+
     def init_hidden_state(self, encoder_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = encoder_out.mean(dim=1)
+        if not self.init_from_mean:
+            mean = torch.zeros_like(mean)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
     def forward(self, encoder_out: torch.Tensor, encoded_captions: torch.Tensor,
@@ -198,4 +204,5 @@ def reference_for(decoder: LSTMDecoder, *, attention_dim: int, dropout: float) -
     ref = TutorialDecoder(vocab_size=decoder.embed.num_embeddings, encoder_dim=decoder.init_h.in_features,
                           embed_dim=embed_dim, decoder_dim=decoder.init_h.out_features,
                           attention_dim=attention_dim, dropout=dropout)
+    ref.init_from_mean = decoder.init_from_mean
     return ref.load_from(decoder)

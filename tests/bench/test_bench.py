@@ -115,6 +115,24 @@ def _tutorial_and_ours(seed: int = 3):
     return ours, ref, ours.annotations(fmap)  # (B, L, D)
 
 
+def test_reference_starts_as_our_decoder_does_with_a_constant_start_state():
+    """The bundled soft model starts from f_init's bias (init_state "zeros"): so does its reference."""
+    from bench.reference import reference_for
+    from sat.config import ModelConfig
+    from sat.model import CaptionModel
+    torch.manual_seed(4)
+    ours = CaptionModel(ModelConfig(encoder="test-tiny", encoder_dim=16, grid=(2, 3), vocab_size=30, max_len=7,
+                                    embed_dim=12, attention_dim=10, decoder_dim=14, dropout=0.0, init_state="zeros"))
+    ref = reference_for(ours.decoder, attention_dim=10, dropout=0.0)
+    assert ref.init_from_mean is False
+    fmap, caps = make_batches(SHAPE, 1, seed=5)[0]
+    loss_ours, _ = ours.loss(fmap, caps, alpha_c=1.0)
+    loss_ref = ref.loss(fmap.flatten(2).transpose(1, 2), caps, alpha_c=1.0)
+    assert loss_ref.item() == pytest.approx(loss_ours.item(), rel=1e-5)
+    ref.init_from_mean = True  # the tutorial's own start: another model
+    assert ref.loss(fmap.flatten(2).transpose(1, 2), caps, alpha_c=1.0).item() != pytest.approx(loss_ours.item(), rel=1e-5)
+
+
 def test_tutorial_beam_of_one_is_our_greedy_search():
     from sat.search import greedy
     ours, ref, feats = _tutorial_and_ours()
