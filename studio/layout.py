@@ -28,7 +28,7 @@ from sat.search import MAX_LENGTH_PENALTY
 
 from .components import Number, PhotoInput, Radio, Slider
 from .inference import DEFAULT_NO_REPEAT_NGRAM, MAX_LEN_LIMIT, MAX_NO_REPEAT_NGRAM, TITLES, trained_on
-from .scripts import CHIP_JS, SCROLL_JS, steer_word_js
+from .scripts import CHIP_JS, LINK_DEFAULT, SCROLL_JS, steer_word_js
 from .ui import LINK_RULE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,7 +84,7 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                                             label="Strength (dimming / heatmap opacity)")
                         smooth = gr.Slider(0.0, 2.0, value=0.5, step=0.05, elem_id="smooth",
                                            label="Smoothing (Gaussian σ, in grid cells)")
-                        link = gr.Checkbox(True, label=LINK_RULE, elem_id="link")
+                        link = gr.Checkbox(LINK_DEFAULT, label=LINK_RULE, elem_id="link")
                     with gr.Accordion("Decoding", open=False):
                         # NOTE: the API's inputs too: their own checks' errors are one log line (studio.components)
                         mode = Radio(["beam", "greedy", "sample"], value="beam", label="Search",

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 PICK_TTL_MS = 10_000
 """How long a word picked in the page outranks the slider's value for a picture click."""
+LINK_DEFAULT = True
+"""The "link the captions" checkbox's starting value. NOTE: the page tracks it from its change
+events, since the checkbox sits in a collapsed accordion that Gradio has not rendered yet."""
 
 _PICK_HELPERS = """
 if (!window.satPick) {
   window.satWords = {};
+  window.satLinked = %(linked)s;
+  document.addEventListener('change', (e) => {
+    if (e.target.closest?.('#link') && e.target.type === 'checkbox') window.satLinked = e.target.checked;
+  }, true);
   const chips = (n) => document.querySelectorAll(`#${n}-caption .sat-chip`);
   const text = (n) => Array.from(chips(n), (c) => c.textContent).join(' ');
   // word: from 1. Linked columns take the same word number, clamped to their caption (LINK_RULE).
   window.satPick = (name, word) => {
-    const linked = document.querySelector('#link input')?.checked;
+    const linked = window.satLinked;
     document.querySelectorAll('[id$="-caption"]').forEach((el) => {
       const n = el.id.slice(0, -'-caption'.length), count = chips(n).length;
       if (count && (n === name || linked)) {
@@ -37,7 +44,7 @@ if (!window.satPick) {
     if (slider && Number.isFinite(v) && e.target.value !== '') window.satPick(slider.id.slice(0, -'-slider'.length), v);
   }, true);
 }
-""" % {"ttl": PICK_TTL_MS}
+""" % {"ttl": PICK_TTL_MS, "linked": "true" if LINK_DEFAULT else "false"}
 
 CHIP_JS = _PICK_HELPERS + """
 element.addEventListener('click', (e) => {
@@ -68,6 +75,7 @@ def steer_word_js(name: str, *, position: int) -> str:
             f"return args; }}")
 
 
-SCROLL_JS = """() => { if (window.innerWidth <= 768) {
-  document.querySelector('#soft-column')?.scrollIntoView({block: 'start'}); } }"""
-"""Phones, after a caption: bring the first result column (caption, then overlay) to the top."""
+SCROLL_JS = """() => { window.satWords = {};
+  if (window.innerWidth <= 768) document.querySelector('#soft-column')?.scrollIntoView({block: 'start'}); }"""
+"""After a caption: forget the words picked for the previous one (the server has set the sliders);
+on phones, bring the first result column (caption, then overlay) to the top."""

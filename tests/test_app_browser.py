@@ -214,8 +214,27 @@ def test_a_picture_click_right_after_a_word_click_steers_that_word(app_url):
         word_is(page, "soft", f"Word {t} of")
         wait_idle(page)
         # linked: a soft word, then at once the hard picture → the hard model's same word number
-        u = len(soft)  # the soft caption's last token
-        assert u != t
+        # (clamped to its caption); a word other than the one the hard column shows now
+        shown = min(t, len(hard))
+        u = next(k for k in range(1, len(soft) + 1) if k not in (t, shown))
         page.evaluate(TAP_WORD_THEN_PICTURE, ["soft", u, "hard", 0.5, 0.5])
-        page.wait_for_selector("#hard-steer .sat-steered", timeout=60_000)
+        page.wait_for_function("k => document.querySelector('#hard-steer')?.innerText.includes(`If word ${k} looked`)",
+                               arg=min(u, len(hard)), timeout=60_000)
+        word_is(page, "hard", f"Word {min(u, len(hard))} of")
+        wait_idle(page)
+        # unlinked (the checkbox in the collapsed View settings): the hard picture keeps its own word
+        page.get_by_text("View", exact=True).click()
+        page.locator("#link input").uncheck()
+        v = next(k for k in range(1, len(soft) + 1) if k not in (u, min(u, len(hard))))
+        before = page.inner_text("#hard-steer")
+        page.evaluate(TAP_WORD_THEN_PICTURE, ["soft", v, "hard", 0.25, 0.25])  # another cell
+        page.wait_for_function("b => document.querySelector('#hard-steer')?.innerText !== b", arg=before,
+                               timeout=60_000)
         assert f"If word {min(u, len(hard))} looked here" in page.inner_text("#hard-steer")
+        wait_idle(page)
+        # a new caption (even the same words): the picks made for the old one are forgotten
+        assert page.evaluate("() => Object.keys(window.satWords).sort()") == ["hard", "soft"]
+        page.locator("#link input").check()
+        page.click("#caption-btn")
+        page.wait_for_function("() => Object.keys(window.satWords).length === 0", timeout=60_000)
+        wait_for_captions(page)

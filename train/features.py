@@ -173,8 +173,8 @@ def decode_workers(requested: int | None = None, device: torch.device | str = "c
     NOTE: on a GPU the encoder outruns JPEG decoding, so workers decoding ahead are what sets the
     pace. On a CPU the encoder already keeps every core busy: workers beside it only take cores away
     (and its OpenMP threads wait for the one a worker preempted), so threads decode between batches.
-    Measured on 2 cores (bench/extraction.py, 5 rounds): threads 0.91× the encoder-only rate (median,
-    rounds 0.87–0.98), 2 worker processes 0.90× (0.83–1.02): no slower, with no process to start."""
+    Measured on 2 cores (bench/extraction.py, two runs of 5 rounds): threads 0.91× and 0.89× the
+    encoder-only rate (medians), 2 worker processes 0.90× and 0.64×: never slower, far steadier."""
     if requested is not None:
         if requested < 0:
             raise ValueError(f"decode workers must be 0 (decode in this process) or more, got {requested}")
