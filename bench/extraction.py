@@ -73,8 +73,8 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
                   workers: int = 2, repeats: int = 2, encoder: str = "efficientnet-lite0",
                   feature_map: str = "stride16", image_size: int = 224,
                   device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Best of `repeats` interleaved rounds: the encoder alone, the extraction as it runs by default,
-    the extraction with `workers` DataLoader processes."""
+    """`repeats` interleaved rounds of: the encoder alone, the extraction as it runs by default, the
+    extraction with `workers` DataLoader processes. Ratios: the median of the rounds' own ratios."""
     device = torch.device(device)
     enc, cfg = encoder_config(ModelConfig(encoder=encoder, feature_map=feature_map, image_size=image_size))
     enc = enc.to(device).eval()
@@ -131,7 +131,7 @@ def bench_extract(*, n_photos: int = 200, size: tuple[int, int] = (640, 480), ba
         "extract_cpu_ms_per_image": round(min(ext_cpu), 1),
         "extract_encoder_only_cpu_ms_per_image": round(min(enc_cpu), 1),
         "extract_cpu_ratio": round(min(enc_cpu) / min(ext_cpu), 3),
-        "extract_workers": default, "extract_decode_threads": decode_threads(default) if default == 0 else 1,
+        "extract_workers": default, "extract_decode_threads": decode_threads(default),
         "extract_process_workers": workers, "extract_batch": batch, "extract_photos": n_photos,
         "extract_photo_size": f"{size[0]}x{size[1]}", "extract_image_size": image_size,
         "extract_encoder": f"{encoder} ({feature_map}: {tuple(maps.shape[1:])})",

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sat.device import cpu_cores
 from sat.paths import REPO
 
 
@@ -43,13 +44,9 @@ def cpu_flags() -> set[str]:
 def machine() -> dict[str, Any]:
     """What every figure is tied to: cores, CPU model, torch version and threads."""
     flags = cpu_flags()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
     return {
         "cpu_model": cpu_model(),
-        "cores": cores,
+        "cores": cpu_cores(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -36,21 +36,16 @@ def _scenes_model_and_batches(quick: bool):
     from sat.paths import WEIGHTS
     from train.__main__ import DEFAULT_MODEL
 
+    from .training import TrainShape, make_batches
+
     vocab = len(json.loads((WEIGHTS / "soft" / "vocab.json").read_text(encoding="utf-8"))["itos"])
     cfg = DEFAULT_MODEL.replace(encoder="test-tiny", encoder_dim=112, grid=(14, 14), vocab_size=vocab, max_len=20)
     if quick:
         cfg = cfg.replace(embed_dim=16, attention_dim=16, decoder_dim=16, encoder_dim=8, grid=(3, 3))
+    shape = TrainShape(batch=8 if quick else 64, vocab=vocab, encoder_dim=cfg.encoder_dim, grid=cfg.grid,
+                       min_words=6, max_words=16)
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(3):
-        fmap = torch.randn(8 if quick else 64, cfg.encoder_dim, *cfg.grid, generator=g).relu_()
-        words = torch.randint(6, 17, (fmap.size(0),), generator=g)
-        caps = torch.zeros(fmap.size(0), 18, dtype=torch.long)
-        for i, n in enumerate(words.tolist()):
-            caps[i, 0], caps[i, 1:n + 1], caps[i, n + 1] = 1, torch.randint(4, vocab, (n,), generator=g), 2
-        batches.append((fmap, caps[:, :int((caps != 0).sum(1).max())]))
-    return CaptionModel(cfg), batches
+    return CaptionModel(cfg), make_batches(shape, 3)
 
 
 def child(argv: list[str] | None = None) -> None:

@@ -6,9 +6,19 @@
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["default_device", "resolve_device"]
+__all__ = ["cpu_cores", "default_device", "resolve_device"]
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity mask; all of them where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def default_device() -> torch.device:

@@ -56,13 +56,18 @@ def use_cpu_kernels(x: torch.Tensor) -> bool:
     return mode == "on" or mode == "auto" and x.device.type == "cpu"
 
 
+def _sigmoid_tanh_(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) = 2σ(2x) − 1, in place on x (four passes)."""
+    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
+
+
 class _SigmoidTanh(Function):
-    """y = tanh(x) = 2σ(2x) − 1, in place on x;  ∂y/∂x = 1 − y²."""
+    """y = `_sigmoid_tanh_(x)` with autograd;  ∂y/∂x = 1 − y²."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.mark_dirty(x)
-        y = x.mul_(2).sigmoid_().mul_(2).sub_(1)
+        y = _sigmoid_tanh_(x)
         ctx.save_for_backward(y)
         return y
 
@@ -83,7 +88,7 @@ def tanh_(x: torch.Tensor) -> torch.Tensor:
         return x.tanh_()
     if torch.is_grad_enabled() and x.requires_grad:
         return _SigmoidTanh.apply(x)
-    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
+    return _sigmoid_tanh_(x)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h

@@ -183,8 +183,9 @@ def build(studio: "Studio", descriptions: Sequence[str], examples: Sequence[str]
                 return studio.on_steer(_name, evt.index, result, path, position, *opts)
 
             # NOTE: js: a click made before a chip's round trip is back steers the chip's word (studio/scripts.py)
-            cols[name]["overlay"].select(steer_click, [state, upload, cols[name]["slider"], *decoding], steer_out,
-                                         js=steer_word_js(name, position=2),
+            steer_in = [state, upload, cols[name]["slider"], *decoding]
+            cols[name]["overlay"].select(steer_click, steer_in, steer_out,
+                                         js=steer_word_js(name, position=steer_in.index(cols[name]["slider"])),
                                          api_visibility="private", concurrency_id="caption",
                                          concurrency_limit=CAPTION_CONCURRENCY, trigger_mode="always_last")
             cols[name]["reset"].click(studio.on_steer_reset, None, steer_out, api_visibility="private")

@@ -4,8 +4,8 @@ A word is selected on the server: a chip click or a slider move goes there and c
 column's new slider value. A click on the picture sends the slider's value with it, so a click made
 before that round trip returned used to steer the previously selected word. The chips and sliders
 therefore also note the selection in the page at once (`window.satPick`), and the picture click's
-`STEER_WORD_JS` sends that word instead of the slider's while it is fresh: the same caption is
-shown and the note is under `PICK_TTL_MS` old (by then the round trip has long set the slider).
+`js` (`steer_word_js`) sends that word instead of the slider's while it is fresh: the same caption
+is shown and the note is under `PICK_TTL_MS` old (by then the round trip has long set the slider).
 """
 from __future__ import annotations
 

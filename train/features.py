@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sat.atomic import write_json
+from sat.device import cpu_cores
 from sat.encoder import Encoder
 from sat.image import PREPROCESS_VERSION, ImageError, model_input, preprocess
 from train import distributed as D
@@ -157,14 +158,6 @@ class ImageBatches(Dataset):
             return collate_images(list(pool.map(self.images.__getitem__, rows)))  # NOTE: map keeps order
 
 
-def _cores() -> int:
-    """The CPU cores this process may use (its affinity mask)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def decode_workers(requested: int | None = None, device: torch.device | str = "cpu") -> int:
     """DataLoader worker processes that decode images: `requested`; by default none on the CPU
     (threads in this process decode, `decode_threads`) and on a GPU min(8, this process's share of the
@@ -181,12 +174,12 @@ def decode_workers(requested: int | None = None, device: torch.device | str = "c
         return requested
     if torch.device(device).type == "cpu":
         return 0
-    return max(1, min(8, _cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    return max(1, min(8, cpu_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 def decode_threads(workers: int) -> int:
     """Threads decoding each batch: one per worker process, else as many as torch's own threads."""
-    return 1 if workers else max(1, min(_cores(), torch.get_num_threads()))
+    return 1 if workers else max(1, min(cpu_cores(), torch.get_num_threads()))
 
 
 def image_loader(paths: Sequence[str | Path], preprocessing: dict[str, Any], *, batch_size: int,
